@@ -1,0 +1,23 @@
+"""Project-wide names that every surface (CLI, bundle, deploy app, MONAI Label app) agrees on."""
+
+from __future__ import annotations
+
+#: Image classes in the order of the model's class logits. Index 0 is "no anomaly".
+CLASS_NAMES: tuple[str, ...] = ("normal", "benign", "malignant")
+NORMAL_INDEX = 0
+
+#: Keys of the item dictionaries that flow from the readers through the transforms.
+IMAGE_KEY = "image"
+MASK_KEY = "mask"
+LABEL_KEY = "label"  # int index into CLASS_NAMES
+PATIENT_KEY = "patient"
+ID_KEY = "id"
+
+#: Environment variable that points at the folder holding bus_uclm/, bus_bra/ and dicom/.
+DATA_DIR_ENV = "ULTRAAD_DATA_DIR"
+
+#: Printed into every log, JSON and DICOM output produced without real pretrained weights.
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: the CLIP backbone was randomly initialised, not loaded from pretrained weights; "
+    "outputs are not meaningful and must not be used clinically"
+)

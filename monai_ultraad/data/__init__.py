@@ -1,0 +1,71 @@
+"""Data layer: dataset readers, patient-disjoint few-shot splits and MONAI preprocessing transforms."""
+
+from __future__ import annotations
+
+from monai_ultraad.data.datasets import (
+    DATASET_FORMATS,
+    LABEL_NAME_KEY,
+    MASK_ENCODING_KEY,
+    RGB_UCLM_ENCODING,
+    class_index,
+    default_data_dir,
+    read_bus_bra_original,
+    read_bus_uclm_original,
+    read_busi_folder,
+    read_dataset,
+    read_datalist,
+    read_labels_csv,
+)
+from monai_ultraad.data.fewshot import (
+    FewShotSplit,
+    check_patient_disjoint,
+    make_fewshot_split,
+    patient_split,
+    sample_k_shot,
+)
+from monai_ultraad.data.transforms import (
+    OPENAI_DATASET_MEAN,
+    OPENAI_DATASET_STD,
+    PREPROCESSING_VERSION,
+    ClipNormalized,
+    LoadLesionMaskd,
+    LoadUltrasoundImaged,
+    SquarePadd,
+    load_image_array,
+    load_mask_array,
+    map_to_original,
+    transform_signature,
+    ultraad_preprocessing,
+)
+
+__all__ = [
+    "DATASET_FORMATS",
+    "LABEL_NAME_KEY",
+    "MASK_ENCODING_KEY",
+    "OPENAI_DATASET_MEAN",
+    "OPENAI_DATASET_STD",
+    "PREPROCESSING_VERSION",
+    "RGB_UCLM_ENCODING",
+    "ClipNormalized",
+    "FewShotSplit",
+    "LoadLesionMaskd",
+    "LoadUltrasoundImaged",
+    "SquarePadd",
+    "check_patient_disjoint",
+    "class_index",
+    "default_data_dir",
+    "load_image_array",
+    "load_mask_array",
+    "make_fewshot_split",
+    "map_to_original",
+    "patient_split",
+    "read_bus_bra_original",
+    "read_bus_uclm_original",
+    "read_busi_folder",
+    "read_dataset",
+    "read_datalist",
+    "read_labels_csv",
+    "sample_k_shot",
+    "transform_signature",
+    "ultraad_preprocessing",
+]

@@ -1,0 +1,499 @@
+"""Few-shot fit / evaluate / predict for UltraAD on cached backbone features, and checkpoints with provenance.
+
+Every surface (CLI, bundle, deploy app, MONAI Label app, benchmarks) calls these functions; none re-implements a
+step. Rules kept here, in one place:
+
+* the backbone runs once per image (:class:`~monai_ultraad.features.FeatureStore`);
+* model selection (best epoch) and the heatmap threshold come from the validation images only, never the test set;
+* every stochastic step takes the seed (head initialisation, batch order);
+* checkpoints record the model config, backbone provenance, seed, shot list, threshold and library versions, and are
+  read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import monai_ultraad
+from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
+from monai_ultraad.data.transforms import (
+    LoadLesionMaskd,
+    LoadUltrasoundImaged,
+    map_to_original,
+    transform_signature,
+    ultraad_preprocessing,
+)
+from monai_ultraad.errors import InputDataError, WeightsError
+from monai_ultraad.features import FeatureStore, default_cache_dir
+from monai_ultraad.losses import UltraADLoss
+from monai_ultraad.metrics import UltraADEvaluator, best_threshold
+from monai_ultraad.networks.backbone import ClipBackbone, VisualFeatures
+from monai_ultraad.networks.ultraad import UltraAD, UltraADOutput
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "monai_ultraad.checkpoint/1"
+#: Validation metrics averaged (nan ignored) to pick the best epoch.
+SELECTION_METRICS = ("image_auroc", "cls_auroc_macro", "pixel_auroc")
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+@dataclass
+class TrainConfig:
+    """Hyperparameters of few-shot training (all recorded in the checkpoint)."""
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    seg_weight: float = 1.0
+    cls_weight: float = 1.0
+    val_every: int = 1
+
+
+@dataclass
+class FewShotBatch:
+    """A training batch: cached features, masks at the model resolution, labels and memory slots."""
+
+    features: VisualFeatures
+    masks: torch.Tensor  # (B, 1, S, S)
+    labels: torch.Tensor  # (B,)
+    memory_slots: torch.Tensor  # (B,), index of each shot in the memory bank
+
+
+@dataclass
+class EvalSample:
+    """What evaluation needs of one image besides its features: ground truth at the original resolution."""
+
+    item: dict
+    label: int
+    mask: np.ndarray | None  # (H, W) {0, 1}, None when the image has no mask
+    size: tuple[int, int]  # original (H, W)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` learnt and measured."""
+
+    best_epoch: int
+    threshold: float
+    val_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    feature_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def build_store(
+    backbone: ClipBackbone,
+    cache_dir: str | os.PathLike | None | bool = True,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> FeatureStore:
+    """A :class:`FeatureStore` with UltraAD's preprocessing for ``backbone``.
+
+    ``cache_dir=True`` uses :func:`~monai_ultraad.features.default_cache_dir`; ``None``/``False`` keeps features in
+    memory only.
+    """
+    if cache_dir is True:
+        cache_dir = default_cache_dir()
+    elif cache_dir is False:
+        cache_dir = None
+    pre = ultraad_preprocessing(backbone.image_size, backbone.mean, backbone.std, with_mask=False)
+    sig = transform_signature(backbone.image_size, backbone.mean, backbone.std)
+    return FeatureStore(backbone, pre, sig, cache_dir=cache_dir, batch_size=batch_size, device=device, progress=progress)
+
+
+def _ground_truth_loader():
+    from monai.transforms import Compose
+
+    return Compose([LoadUltrasoundImaged(keys="image"), LoadLesionMaskd(keys="mask", ref_key="image")])
+
+
+def load_eval_samples(items: Sequence[dict], progress: bool = False, desc: str = "ground truth") -> list[EvalSample]:
+    """Masks at the original image resolution (all-zero for normal images without a mask file)."""
+    loader = _ground_truth_loader()
+    samples = []
+    for item in tqdm(items, desc=desc, disable=not progress, leave=False):
+        data = loader(dict(item))
+        mask = data["mask"]
+        mask_np = np.asarray(mask.as_tensor() if hasattr(mask, "as_tensor") else mask)[0] > 0.5
+        samples.append(EvalSample(item, int(item["label"]), mask_np.astype(np.uint8), tuple(mask_np.shape)))
+    return samples
+
+
+def training_masks(items: Sequence[dict], image_size: int, mean, std) -> torch.Tensor:
+    """(N, 1, S, S) lesion masks at the model resolution (the geometry of the backbone input)."""
+    pre = ultraad_preprocessing(image_size, mean, std, with_mask=True)
+    masks = []
+    for item in items:
+        m = pre(dict(item))["mask"]
+        masks.append(torch.as_tensor(m.as_tensor() if hasattr(m, "as_tensor") else m).float())
+    return torch.stack(masks)
+
+
+def _trainable(model: UltraAD) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+
+
+def seed_everything_local(seed: int) -> torch.Generator:
+    """A torch generator for this run; also seeds torch's global RNG (head initialisation uses it)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)
+
+
+def build_model(
+    backbone: ClipBackbone, seed: int = 0, **model_kwargs: Any
+) -> UltraAD:
+    """A fresh UltraAD head on ``backbone`` whose learnable parameters are initialised from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UltraAD(backbone, **model_kwargs)
+
+
+def _selection_score(metrics: dict[str, Any]) -> float:
+    vals = [metrics.get(k) for k in SELECTION_METRICS]
+    vals = [float(v) for v in vals if v is not None and not math.isnan(float(v))]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------- inference core
+@torch.no_grad()
+def run_head(
+    model: UltraAD, features: VisualFeatures, samples: Sequence[EvalSample]
+) -> tuple[UltraADOutput, list[np.ndarray]]:
+    """Head forward + heatmaps mapped back to each image's original geometry."""
+    model.eval()
+    out = model.forward_features(features)
+    maps = [
+        map_to_original(out.anomaly_map[i].float().cpu(), s.size, model.image_size).squeeze(0).numpy()
+        for i, s in enumerate(samples)
+    ]
+    return out, maps
+
+
+def evaluate_features(
+    model: UltraAD,
+    batches: Iterable[tuple[VisualFeatures, Sequence[EvalSample]]],
+    threshold: float = 0.5,
+    keep_maps: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[np.ndarray]]:
+    """Score (features, samples) batches; returns metrics, per-image predictions and (optionally) the maps."""
+    evaluator = UltraADEvaluator(threshold=threshold, class_names=model.class_names)
+    predictions: list[dict[str, Any]] = []
+    kept: list[np.ndarray] = []
+    for features, samples in batches:
+        out, maps = run_head(model, features, samples)
+        probs = out.class_probs.float().cpu().numpy()
+        scores = out.anomaly_score.float().cpu().numpy()
+        targets = np.array([s.label for s in samples])
+        evaluator.update(probs, scores, targets, maps, [s.mask for s in samples])
+        for i, s in enumerate(samples):
+            predictions.append(
+                {
+                    "id": str(s.item.get("id")),
+                    "label": model.class_names[s.label],
+                    "predicted": model.class_names[int(probs[i].argmax())],
+                    "probabilities": {c: float(p) for c, p in zip(model.class_names, probs[i])},
+                    "anomaly_score": float(scores[i]),
+                }
+            )
+        if keep_maps:
+            kept.extend(maps)
+    return evaluator.compute(), predictions, kept
+
+
+def evaluate(
+    model: UltraAD,
+    items: Sequence[dict],
+    store: FeatureStore,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics of ``model`` on ``items`` (streamed: memory stays bounded for large test sets)."""
+    if not items:
+        raise InputDataError("nothing to evaluate: the evaluation set is empty")
+    bar = tqdm(total=len(items), desc="evaluate", unit="img", disable=not progress)
+
+    def batches() -> Iterator[tuple[VisualFeatures, list[EvalSample]]]:
+        for chunk, feats in store.iter_batches(items, batch_size=batch_size):
+            yield feats, load_eval_samples(chunk)
+            bar.update(len(chunk))
+
+    metrics, predictions, _ = evaluate_features(model, batches(), threshold=threshold)
+    bar.close()
+    metrics["random_weights"] = model.random_weights
+    return metrics, predictions
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def fit(
+    model: UltraAD,
+    shots: Sequence[dict],
+    validation: Sequence[dict],
+    store: FeatureStore,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Few-shot training of the UltraAD head on ``shots``; best epoch and threshold chosen on ``validation``.
+
+    The memory bank is filled with the shots; during training each shot's own memory entry is left out of its
+    classification (leave-one-out), otherwise the memory would classify it trivially and the classifier would
+    learn nothing. Returns a :class:`FitResult`; ``model`` holds the best epoch's weights afterwards.
+    """
+    config = config or TrainConfig()
+    if not shots:
+        raise InputDataError("no training shots given")
+    generator = seed_everything_local(config.seed)
+    device = store.device
+    model.to(device)
+    notes: list[str] = []
+    if model.random_weights:
+        notes.append(RANDOM_WEIGHTS_WARNING)
+
+    t0 = time.perf_counter()
+    features = store.get(shots, desc="features (shots)")
+    val_batches: list[tuple[VisualFeatures, list[EvalSample]]] = []
+    if validation:
+        for chunk, feats in store.iter_batches(validation, batch_size=32, desc="features (validation)"):
+            val_batches.append((feats, load_eval_samples(chunk)))
+    feature_seconds = time.perf_counter() - t0
+
+    labels = torch.tensor([int(it["label"]) for it in shots])
+    masks = training_masks(shots, model.image_size, model.backbone.mean, model.backbone.std)
+    model.setup_memory(features, labels)
+    slots = torch.arange(len(shots))
+    loss_fn = UltraADLoss(seg_weight=config.seg_weight, cls_weight=config.cls_weight)
+    params = _trainable(model)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    best_score, best_epoch, best_state, best_metrics = -math.inf, 0, copy.deepcopy(model.head_state_dict()), {}
+    history: list[dict[str, Any]] = []
+    epoch_seconds: list[float] = []
+    bar = tqdm(range(1, config.epochs + 1), desc="few-shot training", unit="epoch", disable=not progress)
+    for epoch in bar:
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(shots), generator=generator)
+        losses = []
+        for b in range(0, len(order), config.batch_size):
+            idx = order[b : b + config.batch_size]
+            batch = FewShotBatch(
+                VisualFeatures(features.cls_token[idx], features.patch_tokens[idx]), masks[idx], labels[idx], slots[idx]
+            )
+            output = model.forward_features(batch.features, memory_exclude=batch.memory_slots.to(device))
+            parts = loss_fn(output, batch.masks, batch.labels)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            losses.append({k: float(v) for k, v in parts.items()})
+        epoch_seconds.append(time.perf_counter() - start)
+        record: dict[str, Any] = {"epoch": epoch, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
+        if val_batches and (epoch % config.val_every == 0 or epoch == config.epochs):
+            metrics, _, _ = evaluate_features(model, val_batches)
+            score = _selection_score(metrics)
+            record.update({f"val_{k}": metrics.get(k) for k in SELECTION_METRICS}, val_score=score)
+            if not math.isnan(score) and score > best_score:
+                best_score, best_epoch, best_metrics = score, epoch, metrics
+                best_state = copy.deepcopy(model.head_state_dict())
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_score', float('nan')):.3f}")
+
+    if best_epoch == 0:  # no usable validation: keep the last epoch, and say so
+        best_epoch = config.epochs
+        best_state = copy.deepcopy(model.head_state_dict())
+        notes.append("no validation metric available: the last epoch was kept and the threshold is 0.5")
+    model.load_head_state_dict(best_state)
+    model.to(device)
+
+    threshold = 0.5
+    if val_batches:
+        _, _, maps = evaluate_features(model, val_batches, keep_maps=True)
+        val_masks = [s.mask for _, samples in val_batches for s in samples]
+        if any(m is not None and m.any() for m in val_masks):
+            threshold = float(best_threshold(maps, val_masks))
+        else:
+            notes.append("no lesion in the validation images: heatmap threshold left at 0.5")
+        best_metrics, _, _ = evaluate_features(model, val_batches, threshold=threshold)
+    return FitResult(best_epoch, threshold, best_metrics, history, epoch_seconds, feature_seconds, notes)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: UltraAD,
+    *,
+    threshold: float,
+    train_config: TrainConfig | None = None,
+    split: dict[str, Any] | None = None,
+    fit_result: FitResult | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the head weights and full provenance atomically (temporary file, then rename)."""
+    import open_clip
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "head_state": model.head_state_dict(),
+        "model": model.describe(),
+        "threshold": float(threshold),
+        "train_config": asdict(train_config) if train_config else None,
+        "split": split,
+        "best_epoch": fit_result.best_epoch if fit_result else None,
+        "val_metrics": _jsonable(fit_result.val_metrics) if fit_result else None,
+        "random_weights": model.random_weights,
+        "versions": {
+            "monai_ultraad": monai_ultraad.__version__,
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+            "python": platform.python_version(),
+        },
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "extra": extra or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); clear errors for missing/corrupt/foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read checkpoint {path}: not a valid monai_ultraad checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path} is not a monai_ultraad checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    backbone: ClipBackbone | None = None,
+    pretrained: str | None = None,
+    allow_random_init: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[UltraAD, dict[str, Any]]:
+    """Rebuild the trained UltraAD from a checkpoint.
+
+    Args:
+        backbone: reuse an already loaded backbone; it must be the same architecture and weights as in training.
+        pretrained: where to load the backbone weights from when ``backbone`` is None (default: what training used;
+            a local file must hold the same weights).
+        allow_random_init: needed to load a checkpoint that was trained on a random-init backbone.
+
+    Raises:
+        WeightsError: unreadable checkpoint, or a backbone other than the one it was trained on.
+    """
+    payload = read_checkpoint(path)
+    described = payload["model"]
+    cfg = dict(described["config"])
+    trained_backbone = described["backbone"]
+    if backbone is None:
+        source = pretrained if pretrained is not None else trained_backbone.get("pretrained")
+        if trained_backbone.get("random_weights") and pretrained is None:
+            if not allow_random_init:
+                raise WeightsError(
+                    f"checkpoint {Path(path).name} was trained on a randomly initialised backbone; loading it needs "
+                    "allow_random_init=True (and its outputs are not meaningful)"
+                )
+            source = None
+        backbone = ClipBackbone(
+            cfg["backbone"],
+            source,
+            cfg["feature_layers"],
+            allow_random_init=allow_random_init,
+            init_seed=int(cfg.get("init_seed", 0)),
+        )
+    if backbone.model_name != cfg["backbone"] or list(backbone.feature_layers) != list(cfg["feature_layers"]):
+        raise WeightsError(
+            f"checkpoint {Path(path).name} was trained on backbone {cfg['backbone']} (layers {cfg['feature_layers']}), "
+            f"not {backbone.model_name} (layers {list(backbone.feature_layers)}); it cannot be loaded into another backbone"
+        )
+    if backbone.weights_id != trained_backbone.get("weights_id"):
+        raise WeightsError(
+            f"checkpoint {Path(path).name} was trained with backbone weights {trained_backbone.get('weights_id')}, "
+            f"but the loaded backbone has {backbone.weights_id}; the head only fits the weights it was trained on"
+        )
+    model = UltraAD(
+        backbone,
+        class_names=cfg["class_names"],
+        n_ctx=cfg["n_ctx"],
+        fusion_heads=cfg["fusion_heads"],
+        memory_alpha=cfg["memory_alpha"],
+        memory_beta=cfg["memory_beta"],
+        map_temperature=cfg["map_temperature"],
+        image_aware_prompts=cfg["image_aware_prompts"],
+        lesion_aware_text=cfg["lesion_aware_text"],
+        use_memory=cfg["use_memory"],
+        use_fusion=cfg["use_fusion"],
+        init_seed=cfg.get("init_seed", 0),
+    )
+    model.load_head_state_dict(payload["head_state"])
+    model.to(device).eval()
+    return model, payload
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain Python types only, so the checkpoint loads with weights_only=True."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CLASS_NAMES",
+    "EvalSample",
+    "FewShotBatch",
+    "FitResult",
+    "TrainConfig",
+    "build_model",
+    "build_store",
+    "evaluate",
+    "evaluate_features",
+    "fit",
+    "load_checkpoint",
+    "load_eval_samples",
+    "read_checkpoint",
+    "run_head",
+    "save_checkpoint",
+]
