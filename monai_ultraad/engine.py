@@ -306,7 +306,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
-            losses.append({k: float(v) for k, v in parts.items()})
+            losses.append({k: float(v.detach()) for k, v in parts.items()})
         epoch_seconds.append(time.perf_counter() - start)
         record: dict[str, Any] = {"epoch": epoch, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
         if val_batches and (epoch % config.val_every == 0 or epoch == config.epochs):
@@ -364,8 +364,8 @@ def save_checkpoint(
         "random_weights": model.random_weights,
         "versions": {
             "monai_ultraad": monai_ultraad.__version__,
-            "torch": torch.__version__,
-            "open_clip": open_clip.__version__,
+            "torch": str(torch.__version__),
+            "open_clip": str(open_clip.__version__),
             "python": platform.python_version(),
         },
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

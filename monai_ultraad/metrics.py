@@ -32,10 +32,12 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_sco
 from monai_ultraad.constants import CLASS_NAMES, NORMAL_INDEX
 
 __all__ = [
+    "DEFAULT_THRESHOLD_CANDIDATES",
     "Accuracy",
     "BalancedAccuracy",
     "BinaryAUROC",
     "DiceIoU",
+    "DiceResult",
     "ExpectedCalibrationError",
     "MetricSummary",
     "MulticlassAUROC",
@@ -360,9 +362,7 @@ class PixelAUROC(_Metric):
     def compute(self) -> float:
         n_pos, n_neg = int(self._pos.sum()), int(self._neg.sum())
         if n_pos == 0 or n_neg == 0:
-            return _warn_nan(
-                f"pixel AUROC undefined: {n_pos} lesion and {n_neg} background pixels (need both)"
-            )
+            return _warn_nan(f"pixel AUROC undefined: {n_pos} lesion and {n_neg} background pixels (need both)")
         # float64 before multiplying: pixel counts of a large test set overflow int64 products.
         pos = self._pos.astype(np.float64)
         neg = self._neg.astype(np.float64)
@@ -450,7 +450,7 @@ def dice_threshold_curve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Global Dice (as in :class:`DiceIoU`) of ``map >= t`` for every candidate threshold ``t``.
 
-    Exact (no quantisation): per image the scores are sorted once and the counts above each
+    Pairs whose mask is ``None`` are skipped. Exact (no quantisation): per image the scores are sorted once and the counts above each
     candidate are read off with ``searchsorted``. Returns ``(thresholds, dice)``; a candidate
     with no lesion and no predicted pixels gets Dice ``nan``.
     """
@@ -462,6 +462,8 @@ def dice_threshold_curve(
     n_gt = 0.0
     n_images = 0
     for m_raw, g_raw in zip(maps, masks, strict=True):
+        if g_raw is None:  # image without ground truth: nothing to score, as in UltraADEvaluator
+            continue
         m, g = _map_and_mask(m_raw, g_raw)
         all_sorted = np.sort(m, axis=None)
         pos_sorted = np.sort(m[g], axis=None)
@@ -471,7 +473,7 @@ def dice_threshold_curve(
         n_gt += pos_sorted.size
         n_images += 1
     if n_images == 0:
-        raise ValueError("no maps given")
+        raise ValueError("no (map, mask) pair given")
     den = pred + n_gt  # 2TP + FP + FN = |pred| + |gt|
     with np.errstate(invalid="ignore", divide="ignore"):
         dice = np.where(den > 0, 2 * tp / den, np.nan)
@@ -490,7 +492,8 @@ def best_threshold(
 
     Args:
         maps: per-image anomaly maps ``(H, W)`` / ``(1, H, W)`` in ``[0, 1]`` (sizes may differ).
-        masks: matching binary masks. At least one lesion pixel is required overall.
+        masks: matching binary masks; ``None`` entries (no ground truth) are skipped. At least one
+            lesion pixel is required overall.
         candidates: thresholds to try; default ``0.01, 0.02, ..., 0.99``.
 
     Returns:
@@ -498,7 +501,7 @@ def best_threshold(
     """
     maps = list(maps)
     masks = list(masks)
-    if not any(np.any(_to_numpy(g) > 0.5) for g in masks):
+    if not any(g is not None and np.any(_to_numpy(g) > 0.5) for g in masks):
         raise ValueError("best_threshold needs at least one mask with lesion pixels")
     cand, dice = dice_threshold_curve(maps, masks, candidates)
     return float(cand[int(np.nanargmax(dice))])
@@ -548,9 +551,7 @@ def summarize_over_seeds(results: Sequence[Mapping[str, Any]]) -> dict[str, Metr
                 names.append(k)
     out: dict[str, MetricSummary] = {}
     for k in names:
-        out[k] = summarize_values(
-            float(r[k]) if k in r and _is_number(r[k]) else float("nan") for r in results
-        )
+        out[k] = summarize_values(float(r[k]) if k in r and _is_number(r[k]) else float("nan") for r in results)
     return out
 
 
@@ -588,7 +589,12 @@ class UltraADEvaluator:
     """
 
     PIXEL_KEYS: tuple[str, ...] = (
-        "pixel_auroc", "dice", "iou", "dice_per_image", "iou_per_image", "fp_pixel_rate_empty",
+        "pixel_auroc",
+        "dice",
+        "iou",
+        "dice_per_image",
+        "iou_per_image",
+        "fp_pixel_rate_empty",
     )
 
     def __init__(
@@ -644,9 +650,7 @@ class UltraADEvaluator:
         s = _as_scores(scores, "scores")
         t = _as_labels(targets, "targets", num_classes=len(self.class_names))
         if not (probs.shape[0] == s.shape[0] == t.shape[0]):
-            raise ValueError(
-                f"batch sizes differ: class_probs {probs.shape}, scores {s.shape}, targets {t.shape}"
-            )
+            raise ValueError(f"batch sizes differ: class_probs {probs.shape}, scores {s.shape}, targets {t.shape}")
         b = t.shape[0]
         map_list = self._split_images(maps, b, "maps") if maps is not None else None
         mask_list = self._split_images(masks, b, "masks") if masks is not None else None

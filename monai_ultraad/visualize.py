@@ -70,6 +70,11 @@ def _to_rgb_uint8(image: Any) -> np.ndarray:
             raise ValueError(f"integer image must lie in [0, 255], got range [{img.min()}, {img.max()}]")
         return img.astype(np.uint8)
     img = np.nan_to_num(img.astype(np.float64), nan=0.0)
+    if img.size and img.max() > 2.0:
+        # Float images straight from a loader are often on a 0-255 scale; clipping them to [0, 1]
+        # would give a white picture, so such images are rescaled instead. The margin above 1
+        # keeps [0, 1] images with a little interpolation overshoot on the [0, 1] path.
+        img = img / 255.0
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -109,7 +114,7 @@ def overlay_heatmap(
 
     Args:
         image_rgb: ``(H, W, 3)`` (or grayscale ``(H, W)`` / ``(H, W, 1)``, or RGBA) image, uint8 or
-            float in ``[0, 1]``.
+            float in ``[0, 1]`` (a float image with values above 2 is taken to be on a 0-255 scale).
         heatmap: ``(H, W)`` (or ``(1, H, W)``) anomaly map in ``[0, 1]``; values outside are clipped.
         alpha: weight of the colour map (``0`` = image only, ``1`` = heatmap only).
         colormap: any matplotlib colormap name.
@@ -190,7 +195,9 @@ def render_overlay(
 
     See :func:`save_overlay_png`, which writes this picture to disk.
     """
-    over = overlay_heatmap(image, heatmap, alpha=alpha, colormap=colormap, contour_mask=contour_mask, threshold=threshold)
+    over = overlay_heatmap(
+        image, heatmap, alpha=alpha, colormap=colormap, contour_mask=contour_mask, threshold=threshold
+    )
     h, w = over.shape[:2]
     width = max(w, int(min_width))
     size = font_size or max(12, round(width / 32))

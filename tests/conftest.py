@@ -41,3 +41,45 @@ def tiny_backbone() -> ClipBackbone:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ClipBackbone(TINY_BACKBONE, None, feature_layers=(1, 2, 3, 4), allow_random_init=True, init_seed=0)
+
+
+def make_synthetic_dataset(root: Path, patients_per_class: int = 4, images_per_patient: int = 2, seed: int = 0) -> Path:
+    """A small labels.csv dataset: speckle-like noise, round dark lesions (benign), irregular ones (malignant)."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    rows = []
+    for label in ("normal", "benign", "malignant"):
+        for p in range(patients_per_class):
+            patient = f"{label[:3].upper()}{p}"
+            for i in range(images_per_patient):
+                h, w = 60, 80
+                img = rng.gamma(2.0, 40.0, size=(h, w)).clip(0, 255)
+                mask = np.zeros((h, w), np.uint8)
+                if label != "normal":
+                    yy, xx = np.mgrid[:h, :w]
+                    cy, cx, r = rng.integers(20, 40), rng.integers(25, 55), rng.integers(7, 12)
+                    dist = np.hypot(yy - cy, xx - cx)
+                    if label == "malignant":
+                        dist = dist + 4 * np.sin(np.arctan2(yy - cy, xx - cx) * 7)
+                    mask[dist < r] = 255
+                    img[mask > 0] *= 0.25
+                name = f"{patient}_{i:02d}"
+                Image.fromarray(img.astype(np.uint8)).convert("RGB").save(root / "images" / f"{name}.png")
+                Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+                rows.append({"image": f"images/{name}.png", "mask": f"masks/{name}.png", "label": label, "patient": patient})
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "mask", "label", "patient"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import tracemalloc
 import warnings
@@ -161,7 +162,7 @@ def _ece_reference(p: np.ndarray, t: np.ndarray, n_bins: int) -> float:
     conf, pred = p.max(1), p.argmax(1)
     edges = np.linspace(0, 1, n_bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             total += sel.mean() * abs((pred[sel] == t[sel]).mean() - conf[sel].mean())
@@ -403,9 +404,7 @@ def test_evaluator_matches_individual_metrics(rng):
     assert r["image_auroc"] == pytest.approx(roc_auc_score(t != 0, s))
     assert r["cls_auroc_macro"] == pytest.approx(roc_auc_score(t, p, multi_class="ovr"))
     ab = t > 0
-    assert r["benign_malignant_auroc"] == pytest.approx(
-        roc_auc_score(t[ab] == 2, p[ab, 2] / (p[ab, 1] + p[ab, 2]))
-    )
+    assert r["benign_malignant_auroc"] == pytest.approx(roc_auc_score(t[ab] == 2, p[ab, 2] / (p[ab, 1] + p[ab, 2])))
     assert r["accuracy"] == pytest.approx(accuracy_score(t, p.argmax(1)))
     assert r["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(t, p.argmax(1)))
     assert r["ece"] == pytest.approx(_ece_reference(p, t, 15))
@@ -447,3 +446,15 @@ def test_evaluator_batched_maps_partial_masks_and_atomic_update(rng):
         ev.update(_probs(rng, 1), [0.5], [2], [np.zeros((8, 8))], [np.zeros((9, 9))])
     r = ev.compute()
     assert r["n_images"] == 3 and r["n_images_with_mask"] == 2
+
+
+def test_bfloat16_and_cuda_free_torch_inputs_are_accepted():
+    m = BinaryAUROC()
+    m.update(torch.tensor([0.1, 0.9], dtype=torch.bfloat16), torch.tensor([0, 1]))
+    assert m.compute() == 1.0
+
+
+def test_best_threshold_skips_images_without_mask(rng):
+    gt = rng.random((16, 16)) < 0.3
+    amap = np.where(gt, 0.8, 0.2)
+    assert best_threshold([amap, rng.random((5, 5))], [gt, None]) == pytest.approx(0.21)

@@ -12,8 +12,8 @@ from monai_ultraad.data.datasets import (
     read_bus_bra_original,
     read_bus_uclm_original,
     read_busi_folder,
-    read_dataset,
     read_datalist,
+    read_dataset,
     read_labels_csv,
 )
 from monai_ultraad.data.fewshot import (
@@ -62,8 +62,8 @@ __all__ = [
     "read_bus_bra_original",
     "read_bus_uclm_original",
     "read_busi_folder",
-    "read_dataset",
     "read_datalist",
+    "read_dataset",
     "read_labels_csv",
     "sample_k_shot",
     "transform_signature",

@@ -49,8 +49,8 @@ __all__ = [
     "read_bus_bra_original",
     "read_bus_uclm_original",
     "read_busi_folder",
-    "read_dataset",
     "read_datalist",
+    "read_dataset",
     "read_labels_csv",
     "uclm_lesion_colours",
 ]

@@ -121,9 +121,7 @@ def patient_split(items: Sequence[Item], test_fraction: float = 0.3, seed: int =
 
 
 # -------------------------------------------------------------------------------------- k-shot sample
-def sample_k_shot(
-    items: Sequence[Item], k: int, seed: int, classes: Iterable[int | str] | None = None
-) -> list[Item]:
+def sample_k_shot(items: Sequence[Item], k: int, seed: int, classes: Iterable[int | str] | None = None) -> list[Item]:
     """Draw exactly ``k`` items of every class in ``classes`` (default: the classes that occur).
 
     Each class uses its own generator seeded with ``(seed, class index)``, so adding or removing a

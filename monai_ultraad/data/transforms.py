@@ -284,7 +284,9 @@ class LoadLesionMaskd(MapTransform):
         ref = d.get(self.ref_key)
         if isinstance(ref, (torch.Tensor, np.ndarray)):
             return int(ref.shape[-2]), int(ref.shape[-1])
-        raise InputDataError(f"cannot size the mask: '{self.ref_key}' is not loaded yet (run LoadUltrasoundImaged first)")
+        raise InputDataError(
+            f"cannot size the mask: '{self.ref_key}' is not loaded yet (run LoadUltrasoundImaged first)"
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -1,0 +1,303 @@
+"""``ultraad`` command line: ``fewshot`` (train + test over seeds), ``evaluate`` (a checkpoint), ``predict`` (images).
+
+Each command is a thin face over :mod:`monai_ultraad.engine`. Examples::
+
+    ultraad fewshot --data_dir ../shared/data/bus_uclm --shots 4 --seeds 0,1,2 --pretrained /models/ViT-L-14-336.pt
+    ultraad evaluate --checkpoint runs/ultraad/seed0/model.pt --data_dir ../shared/data/bus_bra
+    ultraad predict --checkpoint runs/ultraad/seed0/model.pt --images scan1.png,scan2.png --output_dir out/
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from monai_ultraad import engine
+from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
+from monai_ultraad.data import make_fewshot_split, map_to_original, read_dataset, ultraad_preprocessing
+from monai_ultraad.data.transforms import LoadUltrasoundImaged
+from monai_ultraad.errors import UltraADError
+from monai_ultraad.io_utils import atomic_write_json, atomic_write_text
+from monai_ultraad.metrics import format_mean_std, summarize_over_seeds
+from monai_ultraad.networks import DEFAULT_BACKBONE, DEFAULT_FEATURE_LAYERS, DEFAULT_PRETRAINED, ClipBackbone
+from monai_ultraad.visualize import plot_roc_curves, save_overlay_png
+
+logger = logging.getLogger("monai_ultraad")
+
+#: Metrics shown in the console table and summary, in this order.
+REPORT_METRICS = (
+    "image_auroc",
+    "cls_auroc_macro",
+    "benign_malignant_auroc",
+    "accuracy",
+    "balanced_accuracy",
+    "pixel_auroc",
+    "dice",
+    "iou",
+    "ece",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _layers(value: Any) -> tuple[int, ...] | None:
+    if value is None or value == "auto":
+        return None
+    return tuple(int(v) for v in _as_list(value))
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _banner(random_weights: bool) -> None:
+    if random_weights:
+        print(f"\n*** {RANDOM_WEIGHTS_WARNING} ***\n", file=sys.stderr)
+
+
+class UltraADCLI:
+    """UltraAD few-shot lesion heatmaps and normal/benign/malignant classification for breast ultrasound."""
+
+    def fewshot(
+        self,
+        data_dir: str,
+        fmt: str = "auto",
+        shots: int = 4,
+        seeds: Any = "0,1,2",
+        backbone: str = DEFAULT_BACKBONE,
+        pretrained: str | None = DEFAULT_PRETRAINED,
+        allow_random_init: bool = False,
+        feature_layers: Any = ",".join(map(str, DEFAULT_FEATURE_LAYERS)),
+        epochs: int = 20,
+        batch_size: int = 8,
+        lr: float = 1e-3,
+        split_seed: int = 0,
+        test_fraction: float = 0.3,
+        max_val_per_class: int | None = 20,
+        max_test: int | None = None,
+        output_dir: str = "runs/ultraad",
+        cache_dir: str | None = None,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> dict:
+        """Few-shot train on ``shots`` images per class and test on patient-disjoint images, once per seed.
+
+        Writes, under ``output_dir``: ``seed<N>/model.pt`` (checkpoint with provenance), ``seed<N>/metrics.json``,
+        ``seed<N>/predictions.json``, ``seed<N>/roc.png``, and ``summary.json`` / ``summary.md`` (mean ± std over
+        seeds). The best epoch and the heatmap threshold come from validation images of the training pool only.
+        """
+        seeds_list = [int(s) for s in _as_list(seeds)]
+        items = read_dataset(data_dir, fmt)
+        bb = ClipBackbone(backbone, pretrained, _layers(feature_layers), allow_random_init=allow_random_init)
+        _banner(bb.random_weights)
+        store = engine.build_store(bb, cache_dir=cache_dir if cache_dir else True, device=_device(device), progress=progress)
+        out = Path(output_dir)
+        per_seed = []
+        for seed in seeds_list:
+            split = make_fewshot_split(
+                items, k=shots, seed=seed, split_seed=split_seed, test_fraction=test_fraction,
+                max_val_per_class=max_val_per_class,
+            )
+            test_items = split.test if max_test is None else _subsample(split.test, max_test, split_seed)
+            model = engine.build_model(bb, seed=seed)
+            cfg = engine.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+            result = engine.fit(model, split.shots, split.validation, store, cfg, progress=progress)
+            metrics, predictions = engine.evaluate(model, test_items, store, result.threshold, progress=progress)
+            metrics.update(
+                seed=seed, best_epoch=result.best_epoch, epoch_seconds_mean=float(np.mean(result.epoch_seconds)),
+                feature_seconds=result.feature_seconds, n_shots=len(split.shots), n_validation=len(split.validation),
+            )
+            seed_dir = out / f"seed{seed}"
+            engine.save_checkpoint(
+                seed_dir / "model.pt", model, threshold=result.threshold, train_config=cfg, split=split.to_dict(),
+                fit_result=result, extra={"dataset": str(Path(data_dir).name), "format": fmt},
+            )
+            atomic_write_json(seed_dir / "metrics.json", {"test": metrics, "validation": result.val_metrics,
+                                                          "history": result.history, "notes": result.notes},
+                              nan_as_null=True)
+            atomic_write_json(seed_dir / "predictions.json", predictions)
+            _roc_png(seed_dir / "roc.png", predictions, model.class_names, f"UltraAD k={shots} seed={seed}", bb.random_weights)
+            per_seed.append(metrics)
+            print(f"seed {seed}: " + ", ".join(f"{k}={metrics.get(k, float('nan')):.3f}" for k in REPORT_METRICS))
+        summary = summarize_over_seeds([{k: m.get(k) for k in (*REPORT_METRICS, "epoch_seconds_mean")} for m in per_seed])
+        record = {
+            "dataset": str(data_dir), "shots": shots, "seeds": seeds_list, "backbone": bb.description,
+            "random_weights": bb.random_weights, "summary": summary,
+        }
+        if bb.random_weights:
+            record["warning"] = RANDOM_WEIGHTS_WARNING
+        atomic_write_json(out / "summary.json", record, nan_as_null=True)
+        table = _markdown_table(summary, shots, len(seeds_list), bb)
+        atomic_write_text(out / "summary.md", table)
+        print(table)
+        return record
+
+    def evaluate(
+        self,
+        checkpoint: str,
+        data_dir: str,
+        fmt: str = "auto",
+        split: str = "auto",
+        pretrained: str | None = None,
+        allow_random_init: bool = False,
+        threshold: float | None = None,
+        output_dir: str | None = None,
+        cache_dir: str | None = None,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> dict:
+        """Evaluate a checkpoint on a dataset.
+
+        ``split``: ``test`` uses the checkpoint's recorded test images, ``all`` every image; ``auto`` uses the test
+        images when the dataset contains the checkpoint's shots (same dataset), else every image (unseen dataset).
+        The threshold is the checkpoint's validation threshold unless given.
+        """
+        model, payload = engine.load_checkpoint(
+            checkpoint, pretrained=pretrained, allow_random_init=allow_random_init, device=_device(device)
+        )
+        _banner(model.random_weights)
+        items = read_dataset(data_dir, fmt)
+        recorded = payload.get("split") or {}
+        used_ids = set(recorded.get("shots", [])) | set(recorded.get("validation", []))
+        overlaps = any(str(it["id"]) in used_ids for it in items)
+        if split == "test" or (split == "auto" and overlaps):
+            test_ids = set(recorded.get("test", []))
+            items = [it for it in items if str(it["id"]) in test_ids]
+            if not items:
+                raise UltraADError(f"none of the checkpoint's test images are in {data_dir}")
+        elif split not in ("auto", "all"):
+            raise UltraADError(f"split must be auto, test or all, not {split!r}")
+        store = engine.build_store(model.backbone, cache_dir=cache_dir if cache_dir else True,
+                                   device=_device(device), progress=progress)
+        thr = float(payload["threshold"] if threshold is None else threshold)
+        metrics, predictions = engine.evaluate(model, items, store, thr, progress=progress)
+        print(", ".join(f"{k}={metrics.get(k, float('nan')):.3f}" for k in REPORT_METRICS))
+        if output_dir:
+            out = Path(output_dir)
+            atomic_write_json(out / "metrics.json", metrics, nan_as_null=True)
+            atomic_write_json(out / "predictions.json", predictions)
+            _roc_png(out / "roc.png", predictions, model.class_names, f"UltraAD on {Path(data_dir).name}",
+                     model.random_weights)
+        return metrics
+
+    def predict(
+        self,
+        checkpoint: str,
+        images: Any,
+        output_dir: str = "predictions",
+        pretrained: str | None = None,
+        allow_random_init: bool = False,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> list[dict]:
+        """Heatmap overlay PNG and class-probability JSON for each image (files, comma list, or a folder)."""
+        model, payload = engine.load_checkpoint(
+            checkpoint, pretrained=pretrained, allow_random_init=allow_random_init, device=_device(device)
+        )
+        _banner(model.random_weights)
+        paths: list[Path] = []
+        for entry in _as_list(images):
+            p = Path(entry)
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        if not paths:
+            raise UltraADError("no images given to predict")
+        return predict_images(model, paths, Path(output_dir), float(payload["threshold"]), progress=progress)
+
+
+def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: float, progress: bool = True) -> list[dict]:
+    """Run UltraAD on image files; write ``<stem>_heatmap.png`` and ``<stem>.json`` per image into ``output_dir``."""
+    pre = ultraad_preprocessing(model.image_size, model.backbone.mean, model.backbone.std, with_mask=False)
+    raw = LoadUltrasoundImaged(keys="image")
+    param = next(model.parameters())
+    results = []
+    for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
+        data = pre({"image": str(path)})
+        image = data["image"].as_tensor() if hasattr(data["image"], "as_tensor") else data["image"]
+        with torch.no_grad():
+            out = model(image[None].to(param.device))
+        original = raw({"image": str(path)})["image"]
+        h, w = original.shape[-2:]
+        heatmap = map_to_original(out.anomaly_map[0].float().cpu(), (h, w), model.image_size)[0].numpy()
+        probs = out.class_probs[0].float().cpu().numpy()
+        predicted = model.class_names[int(probs.argmax())]
+        record = {
+            "image": path.name,
+            "predicted_class": predicted,
+            "probabilities": {c: float(p) for c, p in zip(model.class_names, probs)},
+            "anomaly_score": float(out.anomaly_score[0]),
+            "heatmap_threshold": threshold,
+            "lesion_area_fraction": float((heatmap >= threshold).mean()),
+            "heatmap_max": float(heatmap.max()),
+            "model": model.describe(),
+            "random_weights": model.random_weights,
+        }
+        if model.random_weights:
+            record["warning"] = RANDOM_WEIGHTS_WARNING
+        caption = [f"{predicted} | " + "  ".join(f"P({c})={p:.2f}" for c, p in record["probabilities"].items()),
+                   f"anomaly score {record['anomaly_score']:.2f} | contour: heatmap >= {threshold:.2f}"]
+        rgb = np.asarray(original.as_tensor() if hasattr(original, "as_tensor") else original).transpose(1, 2, 0)
+        save_overlay_png(output_dir / f"{path.stem}_heatmap.png", rgb, heatmap, caption, threshold=threshold,
+                         random_weights=model.random_weights)
+        atomic_write_json(output_dir / f"{path.stem}.json", record)
+        results.append(record)
+    return results
+
+
+def _subsample(items: list[dict], n: int, seed: int) -> list[dict]:
+    if n >= len(items):
+        return items
+    rng = np.random.default_rng(seed)
+    return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
+
+
+def _roc_png(path: Path, predictions: list[dict], class_names: Sequence[str], title: str, random_weights: bool) -> None:
+    curves = {}
+    labels = np.array([class_names.index(p["label"]) for p in predictions])
+    curves["normal vs abnormal (anomaly score)"] = (labels != 0, np.array([p["anomaly_score"] for p in predictions]))
+    for i, name in enumerate(class_names):
+        curves[f"{name} vs rest"] = (labels == i, np.array([p["probabilities"][name] for p in predictions]))
+    plot_roc_curves(path, curves, title=title, random_weights=random_weights)
+
+
+def _markdown_table(summary: dict, shots: int, n_seeds: int, bb: ClipBackbone) -> str:
+    lines = [f"UltraAD, k={shots} shots per class, {n_seeds} seed(s), backbone {bb.model_name} ({bb.weights_id})", ""]
+    if bb.random_weights:
+        lines += [f"**{RANDOM_WEIGHTS_WARNING}**", ""]
+    lines += ["| metric | mean ± std |", "|---|---|"]
+    for key in (*REPORT_METRICS, "epoch_seconds_mean"):
+        if key in summary:
+            lines.append(f"| {key} | {format_mean_std(summary[key])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``ultraad`` console script; errors become one clear line and exit code 2."""
+    import fire
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        # serialize: the commands print their own tables; do not dump return values
+        fire.Fire(UltraADCLI, command=list(argv) if argv is not None else None, name="ultraad", serialize=lambda _: None)
+    except UltraADError as exc:
+        print(f"ultraad: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
