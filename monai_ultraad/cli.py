@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from monai_ultraad import engine
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data import make_fewshot_split, map_to_original, read_dataset, ultraad_preprocessing
-from monai_ultraad.data.transforms import LoadUltrasoundImaged
+from monai_ultraad.data.transforms import LoadUltrasoundImaged, apply_pipeline
 from monai_ultraad.errors import UltraADError
 from monai_ultraad.io_utils import atomic_write_json, atomic_write_text
 from monai_ultraad.metrics import format_mean_std, summarize_over_seeds
@@ -227,11 +227,11 @@ def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: fl
     param = next(model.parameters())
     results = []
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
-        data = pre({"image": str(path)})
+        data = apply_pipeline(pre, {"image": str(path)})
         image = data["image"].as_tensor() if hasattr(data["image"], "as_tensor") else data["image"]
         with torch.no_grad():
             out = model(image[None].to(param.device))
-        original = raw({"image": str(path)})["image"]
+        original = apply_pipeline(raw, {"image": str(path)})["image"]
         h, w = original.shape[-2:]
         heatmap = map_to_original(out.anomaly_map[0].float().cpu(), (h, w), model.image_size)[0].numpy()
         probs = out.class_probs[0].float().cpu().numpy()

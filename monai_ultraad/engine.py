@@ -34,6 +34,7 @@ from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data.transforms import (
     LoadLesionMaskd,
     LoadUltrasoundImaged,
+    apply_pipeline,
     map_to_original,
     transform_signature,
     ultraad_preprocessing,
@@ -133,7 +134,7 @@ def load_eval_samples(items: Sequence[dict], progress: bool = False, desc: str =
     loader = _ground_truth_loader()
     samples = []
     for item in tqdm(items, desc=desc, disable=not progress, leave=False):
-        data = loader(dict(item))
+        data = apply_pipeline(loader, item)
         mask = data["mask"]
         mask_np = np.asarray(mask.as_tensor() if hasattr(mask, "as_tensor") else mask)[0] > 0.5
         samples.append(EvalSample(item, int(item["label"]), mask_np.astype(np.uint8), tuple(mask_np.shape)))
@@ -145,7 +146,7 @@ def training_masks(items: Sequence[dict], image_size: int, mean, std) -> torch.T
     pre = ultraad_preprocessing(image_size, mean, std, with_mask=True)
     masks = []
     for item in items:
-        m = pre(dict(item))["mask"]
+        m = apply_pipeline(pre, item)["mask"]
         masks.append(torch.as_tensor(m.as_tensor() if hasattr(m, "as_tensor") else m).float())
     return torch.stack(masks)
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from monai_ultraad.data.transforms import apply_pipeline
 from monai_ultraad.errors import InputDataError
 from monai_ultraad.networks.backbone import ClipBackbone, VisualFeatures
 
@@ -177,6 +178,6 @@ class FeatureStore:
         )
 
     def _prepare(self, item: dict[str, Any]) -> torch.Tensor:
-        data = self.preprocessing(dict(item))
+        data = apply_pipeline(self.preprocessing, item)
         image = data["image"]
         return image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)

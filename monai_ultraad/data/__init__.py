@@ -29,6 +29,7 @@ from monai_ultraad.data.transforms import (
     PREPROCESSING_VERSION,
     ClipNormalized,
     LoadLesionMaskd,
+    apply_pipeline,
     LoadUltrasoundImaged,
     SquarePadd,
     load_image_array,
@@ -39,6 +40,7 @@ from monai_ultraad.data.transforms import (
 )
 
 __all__ = [
+    "apply_pipeline",
     "DATASET_FORMATS",
     "LABEL_NAME_KEY",
     "MASK_ENCODING_KEY",

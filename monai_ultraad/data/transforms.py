@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ from PIL import Image
 
 from monai_ultraad.constants import IMAGE_KEY, MASK_KEY
 from monai_ultraad.data.datasets import MASK_ENCODING_KEY, RGB_UCLM_ENCODING, uclm_lesion_colours
-from monai_ultraad.errors import InputDataError
+from monai_ultraad.errors import InputDataError, UltraADError
 
 __all__ = [
+    "apply_pipeline",
     "OPENAI_DATASET_MEAN",
     "OPENAI_DATASET_STD",
     "PREPROCESSING_VERSION",
@@ -445,3 +446,20 @@ def transform_signature(
     }
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return f"ultraad-pre-v{PREPROCESSING_VERSION}-{int(image_size)}-{digest}"
+
+
+def apply_pipeline(transform: Callable[[dict], dict], data: Mapping[Hashable, Any]) -> dict:
+    """Apply a MONAI pipeline, surfacing this package's own input errors unwrapped.
+
+    MONAI's ``Compose`` wraps every exception in ``RuntimeError("applying transform ...")``; the user should instead see
+    the :class:`~monai_ultraad.errors.InputDataError` that names the file and the problem.
+    """
+    try:
+        return transform(dict(data))
+    except RuntimeError as exc:
+        cause = exc
+        while cause is not None and not isinstance(cause, UltraADError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
