@@ -248,6 +248,23 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------------- training
+def train_one_epoch(
+    model: UltraAD, batches: Iterable[FewShotBatch], optimizer: torch.optim.Optimizer, loss_fn: UltraADLoss
+) -> list[dict[str, float]]:
+    """One pass over ``batches``; returns the loss parts of every step."""
+    model.train()
+    device = model.memory.class_text.device
+    losses = []
+    for batch in batches:
+        output = model.forward_features(batch.features, memory_exclude=batch.memory_slots.to(device))
+        parts = loss_fn(output, batch.masks, batch.labels)
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        optimizer.step()
+        losses.append({k: float(v.detach()) for k, v in parts.items()})
+    return losses
+
+
 def fit(
     model: UltraAD,
     shots: Sequence[dict],
@@ -294,20 +311,14 @@ def fit(
     bar = tqdm(range(1, config.epochs + 1), desc="few-shot training", unit="epoch", disable=not progress)
     for epoch in bar:
         start = time.perf_counter()
-        model.train()
         order = torch.randperm(len(shots), generator=generator)
-        losses = []
-        for b in range(0, len(order), config.batch_size):
-            idx = order[b : b + config.batch_size]
-            batch = FewShotBatch(
+        batches = (
+            FewShotBatch(
                 VisualFeatures(features.cls_token[idx], features.patch_tokens[idx]), masks[idx], labels[idx], slots[idx]
             )
-            output = model.forward_features(batch.features, memory_exclude=batch.memory_slots.to(device))
-            parts = loss_fn(output, batch.masks, batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            losses.append({k: float(v.detach()) for k, v in parts.items()})
+            for idx in order.split(config.batch_size)
+        )
+        losses = train_one_epoch(model, batches, optimizer, loss_fn)
         epoch_seconds.append(time.perf_counter() - start)
         record: dict[str, Any] = {"epoch": epoch, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
         if val_batches and (epoch % config.val_every == 0 or epoch == config.epochs):
@@ -497,4 +508,6 @@ __all__ = [
     "read_checkpoint",
     "run_head",
     "save_checkpoint",
+    "train_one_epoch",
+    "training_masks",
 ]
