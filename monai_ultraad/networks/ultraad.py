@@ -232,7 +232,7 @@ class UltraAD(nn.Module):
         device = self.memory.class_text.device
         cls_token = features.cls_token.to(device).float()
         patches = features.patch_tokens.to(device).float()
-        batch, n_layers, n_patches, _ = patches.shape
+        batch, _, n_patches, _ = patches.shape
         grid = int(round(n_patches**0.5))
         if grid * grid != n_patches:
             raise ValueError(f"patch tokens do not form a square grid ({n_patches})")
@@ -246,12 +246,11 @@ class UltraAD(nn.Module):
         prototypes = F.normalize(
             state_text + torch.stack([class_text[NORMAL_INDEX], abnormal_text]).unsqueeze(0), dim=-1
         )
-        adapted = self.adapter(patches)  # (B, L, N, D)
         layer_logits = []
-        for layer in range(n_layers):
-            protos = self.fusion(prototypes, adapted[:, layer]) if self.fusion is not None else prototypes
-            logits = self.map_temperature * adapted[:, layer] @ protos.transpose(1, 2)  # (B, N, 2)
-            layer_logits.append(logits.transpose(1, 2).reshape(batch, 2, grid, grid))
+        for tokens in self.adapter(patches):  # per layer: (B, N, D)
+            protos = self.fusion(prototypes, tokens) if self.fusion is not None else prototypes
+            logits = self.map_temperature * protos @ tokens.transpose(1, 2)  # (B, 2, N)
+            layer_logits.append(logits.reshape(batch, 2, grid, grid))
         layer_logits_t = torch.stack(layer_logits, dim=1)  # (B, L, 2, g, g)
         patch_prob = layer_logits_t.softmax(dim=2)[:, :, 1].mean(dim=1, keepdim=True)  # (B, 1, g, g)
         size = self.backbone.image_size

@@ -120,7 +120,9 @@ def test_memory_bank_leave_one_out():
 
 def test_adapter_checks_layer_count():
     adapter = MultiLevelPatchAdapter(2, 16, 8)
-    assert adapter(torch.randn(1, 2, 4, 16)).shape == (1, 2, 4, 8)
+    out = adapter(torch.randn(1, 2, 4, 16))
+    assert len(out) == 2 and out[0].shape == (1, 4, 8)
+    torch.testing.assert_close(out[1].norm(dim=-1), torch.ones(1, 4))
     with pytest.raises(ValueError, match="2 layers"):
         adapter(torch.randn(1, 3, 4, 16))
 
