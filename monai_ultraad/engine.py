@@ -248,21 +248,25 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------------- training
+def training_step(
+    model: UltraAD, batch: FewShotBatch, optimizer: torch.optim.Optimizer, loss_fn: UltraADLoss
+) -> tuple[UltraADOutput, dict[str, float]]:
+    """One optimisation step on a batch of shots (leave-one-out memory); returns the output and loss parts."""
+    model.train()
+    device = model.memory.class_text.device
+    output = model.forward_features(batch.features, memory_exclude=batch.memory_slots.to(device))
+    parts = loss_fn(output, batch.masks, batch.labels)
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    optimizer.step()
+    return output, {k: float(v.detach()) for k, v in parts.items()}
+
+
 def train_one_epoch(
     model: UltraAD, batches: Iterable[FewShotBatch], optimizer: torch.optim.Optimizer, loss_fn: UltraADLoss
 ) -> list[dict[str, float]]:
     """One pass over ``batches``; returns the loss parts of every step."""
-    model.train()
-    device = model.memory.class_text.device
-    losses = []
-    for batch in batches:
-        output = model.forward_features(batch.features, memory_exclude=batch.memory_slots.to(device))
-        parts = loss_fn(output, batch.masks, batch.labels)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        optimizer.step()
-        losses.append({k: float(v.detach()) for k, v in parts.items()})
-    return losses
+    return [training_step(model, batch, optimizer, loss_fn)[1] for batch in batches]
 
 
 def fit(
@@ -291,10 +295,7 @@ def fit(
 
     t0 = time.perf_counter()
     features = store.get(shots, desc="features (shots)")
-    val_batches: list[tuple[VisualFeatures, list[EvalSample]]] = []
-    if validation:
-        for chunk, feats in store.iter_batches(validation, batch_size=32, desc="features (validation)"):
-            val_batches.append((feats, load_eval_samples(chunk)))
+    val_batches = validation_batches(validation, store) if validation else []
     feature_seconds = time.perf_counter() - t0
 
     labels = torch.tensor([int(it["label"]) for it in shots])
@@ -334,20 +335,36 @@ def fit(
     if best_epoch == 0:  # no usable validation: keep the last epoch, and say so
         best_epoch = config.epochs
         best_state = copy.deepcopy(model.head_state_dict())
-        notes.append("no validation metric available: the last epoch was kept and the threshold is 0.5")
+        notes.append("no validation metric available: the last epoch was kept")
     model.load_head_state_dict(best_state)
     model.to(device)
 
-    threshold = 0.5
+    threshold, threshold_notes = choose_threshold(model, val_batches)
+    notes += threshold_notes
     if val_batches:
-        _, _, maps = evaluate_features(model, val_batches, keep_maps=True)
-        val_masks = [s.mask for _, samples in val_batches for s in samples]
-        if any(m is not None and m.any() for m in val_masks):
-            threshold = float(best_threshold(maps, val_masks))
-        else:
-            notes.append("no lesion in the validation images: heatmap threshold left at 0.5")
         best_metrics, _, _ = evaluate_features(model, val_batches, threshold=threshold)
     return FitResult(best_epoch, threshold, best_metrics, history, epoch_seconds, feature_seconds, notes)
+
+
+def choose_threshold(
+    model: UltraAD, val_batches: Sequence[tuple[VisualFeatures, Sequence[EvalSample]]]
+) -> tuple[float, list[str]]:
+    """The heatmap threshold that maximises Dice on the VALIDATION images (0.5 when they hold no lesion)."""
+    if not val_batches:
+        return 0.5, ["no validation images: heatmap threshold left at 0.5"]
+    _, _, maps = evaluate_features(model, val_batches, keep_maps=True)
+    val_masks = [s.mask for _, samples in val_batches for s in samples]
+    if not any(m is not None and m.any() for m in val_masks):
+        return 0.5, ["no lesion in the validation images: heatmap threshold left at 0.5"]
+    return float(best_threshold(maps, val_masks)), []
+
+
+def validation_batches(
+    items: Sequence[dict], store: FeatureStore, batch_size: int = 32
+) -> list[tuple[VisualFeatures, list[EvalSample]]]:
+    """Features and ground truth of the validation images, held in memory (they are scored every epoch)."""
+    return [(feats, load_eval_samples(chunk)) for chunk, feats in
+            store.iter_batches(items, batch_size=batch_size, desc="features (validation)")]
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -449,33 +466,43 @@ def load_checkpoint(
             allow_random_init=allow_random_init,
             init_seed=int(cfg.get("init_seed", 0)),
         )
-    if backbone.model_name != cfg["backbone"] or list(backbone.feature_layers) != list(cfg["feature_layers"]):
-        raise WeightsError(
-            f"checkpoint {Path(path).name} was trained on backbone {cfg['backbone']} (layers {cfg['feature_layers']}), "
-            f"not {backbone.model_name} (layers {list(backbone.feature_layers)}); it cannot be loaded into another backbone"
-        )
-    if backbone.weights_id != trained_backbone.get("weights_id"):
-        raise WeightsError(
-            f"checkpoint {Path(path).name} was trained with backbone weights {trained_backbone.get('weights_id')}, "
-            f"but the loaded backbone has {backbone.weights_id}; the head only fits the weights it was trained on"
-        )
-    model = UltraAD(
-        backbone,
-        class_names=cfg["class_names"],
-        n_ctx=cfg["n_ctx"],
-        fusion_heads=cfg["fusion_heads"],
-        memory_alpha=cfg["memory_alpha"],
-        memory_beta=cfg["memory_beta"],
-        map_temperature=cfg["map_temperature"],
-        image_aware_prompts=cfg["image_aware_prompts"],
-        lesion_aware_text=cfg["lesion_aware_text"],
-        use_memory=cfg["use_memory"],
-        use_fusion=cfg["use_fusion"],
-        init_seed=cfg.get("init_seed", 0),
-    )
-    model.load_head_state_dict(payload["head_state"])
+    model = UltraAD(backbone, **model_kwargs_from_config(cfg))
+    load_head(model, payload, source=Path(path).name)
     model.to(device).eval()
     return model, payload
+
+
+def model_kwargs_from_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """UltraAD keyword arguments (besides the backbone) recorded in a checkpoint's model config."""
+    keys = ("class_names", "n_ctx", "fusion_heads", "memory_alpha", "memory_beta", "map_temperature",
+            "image_aware_prompts", "lesion_aware_text", "use_memory", "use_fusion", "init_seed")
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def load_head(model: UltraAD, checkpoint: dict[str, Any] | str | os.PathLike, source: str | None = None) -> dict:
+    """Load a checkpoint's trained head into ``model`` after checking it was trained on the same backbone.
+
+    Raises:
+        WeightsError: another backbone architecture, other tapped layers, other backbone weights, or another head
+            configuration.
+    """
+    payload = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    source = source or (Path(checkpoint).name if not isinstance(checkpoint, dict) else "checkpoint")
+    cfg = payload["model"]["config"]
+    trained = payload["model"]["backbone"]
+    backbone = model.backbone
+    if backbone.model_name != cfg["backbone"] or list(backbone.feature_layers) != list(cfg["feature_layers"]):
+        raise WeightsError(
+            f"checkpoint {source} was trained on backbone {cfg['backbone']} (layers {cfg['feature_layers']}), "
+            f"not {backbone.model_name} (layers {list(backbone.feature_layers)}); it cannot be loaded into another backbone"
+        )
+    if backbone.weights_id != trained.get("weights_id"):
+        raise WeightsError(
+            f"checkpoint {source} was trained with backbone weights {trained.get('weights_id')}, "
+            f"but the loaded backbone has {backbone.weights_id}; the head only fits the weights it was trained on"
+        )
+    model.load_head_state_dict(payload["head_state"])
+    return payload
 
 
 def _jsonable(obj: Any) -> Any:
@@ -503,11 +530,16 @@ __all__ = [
     "evaluate",
     "evaluate_features",
     "fit",
+    "choose_threshold",
     "load_checkpoint",
+    "load_head",
+    "model_kwargs_from_config",
+    "validation_batches",
     "load_eval_samples",
     "read_checkpoint",
     "run_head",
     "save_checkpoint",
     "train_one_epoch",
+    "training_step",
     "training_masks",
 ]
