@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 
 from monai_ultraad import engine
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
-from monai_ultraad.data import make_fewshot_split, map_to_original, read_dataset, ultraad_preprocessing
-from monai_ultraad.data.transforms import LoadUltrasoundImaged, apply_pipeline
+from monai_ultraad.data import make_fewshot_split, read_dataset, ultraad_preprocessing
+from monai_ultraad.data.postprocessing import output_stem
+from monai_ultraad.data.transforms import apply_pipeline
 from monai_ultraad.errors import UltraADError
 from monai_ultraad.io_utils import atomic_write_json, atomic_write_text
 from monai_ultraad.metrics import format_mean_std, summarize_over_seeds
 from monai_ultraad.networks import DEFAULT_BACKBONE, DEFAULT_FEATURE_LAYERS, DEFAULT_PRETRAINED, ClipBackbone
-from monai_ultraad.visualize import plot_roc_curves, save_overlay_png
+from monai_ultraad.visualize import plot_prediction_rocs
 
 logger = logging.getLogger("monai_ultraad")
 
@@ -132,7 +133,7 @@ class UltraADCLI:
                                                           "history": result.history, "notes": result.notes},
                               nan_as_null=True)
             atomic_write_json(seed_dir / "predictions.json", predictions)
-            _roc_png(seed_dir / "roc.png", predictions, model.class_names, f"UltraAD k={shots} seed={seed}", bb.random_weights)
+            plot_prediction_rocs(seed_dir / "roc.png", predictions, model.class_names, f"UltraAD k={shots} seed={seed}", bb.random_weights)
             per_seed.append(metrics)
             print(f"seed {seed}: " + ", ".join(f"{k}={metrics.get(k, float('nan')):.3f}" for k in REPORT_METRICS))
         summary = summarize_over_seeds([{k: m.get(k) for k in (*REPORT_METRICS, "epoch_seconds_mean")} for m in per_seed])
@@ -192,7 +193,7 @@ class UltraADCLI:
             out = Path(output_dir)
             atomic_write_json(out / "metrics.json", metrics, nan_as_null=True)
             atomic_write_json(out / "predictions.json", predictions)
-            _roc_png(out / "roc.png", predictions, model.class_names, f"UltraAD on {Path(data_dir).name}",
+            plot_prediction_rocs(out / "roc.png", predictions, model.class_names, f"UltraAD on {Path(data_dir).name}",
                      model.random_weights)
         return metrics
 
@@ -221,41 +222,28 @@ class UltraADCLI:
 
 
 def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: float, progress: bool = True) -> list[dict]:
-    """Run UltraAD on image files; write ``<stem>_heatmap.png`` and ``<stem>.json`` per image into ``output_dir``."""
+    """Run UltraAD on image files; per image write ``<stem>_heatmap.nii.gz``, ``<stem>_heatmap.png`` and
+    ``<stem>.json`` into ``output_dir``, plus ``predictions.csv`` for all of them."""
+    from monai_ultraad.engines import PredictionTableWriter, UltraADInferer, ultraad_postprocessing
+
     pre = ultraad_preprocessing(model.image_size, model.backbone.mean, model.backbone.std, with_mask=False)
-    raw = LoadUltrasoundImaged(keys="image")
+    post = ultraad_postprocessing(str(output_dir), threshold, model.class_names, model.describe(), model.random_weights)
+    inferer, table = UltraADInferer(), PredictionTableWriter(str(output_dir), model.class_names)
     param = next(model.parameters())
+    stems = [output_stem(p) for p in paths]
+    if len(set(stems)) != len(stems):
+        raise UltraADError("two input images share a file name; their outputs would overwrite each other")
     results = []
+    model.eval()
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
         data = apply_pipeline(pre, {"image": str(path)})
         image = data["image"].as_tensor() if hasattr(data["image"], "as_tensor") else data["image"]
-        with torch.no_grad():
-            out = model(image[None].to(param.device))
-        original = apply_pipeline(raw, {"image": str(path)})["image"]
-        h, w = original.shape[-2:]
-        heatmap = map_to_original(out.anomaly_map[0].float().cpu(), (h, w), model.image_size)[0].numpy()
-        probs = out.class_probs[0].float().cpu().numpy()
-        predicted = model.class_names[int(probs.argmax())]
-        record = {
-            "image": path.name,
-            "predicted_class": predicted,
-            "probabilities": {c: float(p) for c, p in zip(model.class_names, probs)},
-            "anomaly_score": float(out.anomaly_score[0]),
-            "heatmap_threshold": threshold,
-            "lesion_area_fraction": float((heatmap >= threshold).mean()),
-            "heatmap_max": float(heatmap.max()),
-            "model": model.describe(),
-            "random_weights": model.random_weights,
-        }
-        if model.random_weights:
-            record["warning"] = RANDOM_WEIGHTS_WARNING
-        caption = [f"{predicted} | " + "  ".join(f"P({c})={p:.2f}" for c, p in record["probabilities"].items()),
-                   f"anomaly score {record['anomaly_score']:.2f} | contour: heatmap >= {threshold:.2f}"]
-        rgb = np.asarray(original.as_tensor() if hasattr(original, "as_tensor") else original).transpose(1, 2, 0)
-        save_overlay_png(output_dir / f"{path.stem}_heatmap.png", rgb, heatmap, caption, threshold=threshold,
-                         random_weights=model.random_weights)
-        atomic_write_json(output_dir / f"{path.stem}.json", record)
-        results.append(record)
+        pred = inferer(image[None].to(param.device), model)
+        data["pred"] = {k: v[0].cpu() for k, v in pred.items()}
+        out = apply_pipeline(post, data)
+        table.add(out["prediction_record"])
+        results.append(out["prediction_record"])
+    table.write()
     return results
 
 
@@ -264,15 +252,6 @@ def _subsample(items: list[dict], n: int, seed: int) -> list[dict]:
         return items
     rng = np.random.default_rng(seed)
     return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
-
-
-def _roc_png(path: Path, predictions: list[dict], class_names: Sequence[str], title: str, random_weights: bool) -> None:
-    curves = {}
-    labels = np.array([class_names.index(p["label"]) for p in predictions])
-    curves["normal vs abnormal (anomaly score)"] = (labels != 0, np.array([p["anomaly_score"] for p in predictions]))
-    for i, name in enumerate(class_names):
-        curves[f"{name} vs rest"] = (labels == i, np.array([p["probabilities"][name] for p in predictions]))
-    plot_roc_curves(path, curves, title=title, random_weights=random_weights)
 
 
 def _markdown_table(summary: dict, shots: int, n_seeds: int, bb: ClipBackbone) -> str:

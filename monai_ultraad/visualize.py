@@ -28,6 +28,7 @@ from monai_ultraad.io_utils import atomic_write_bytes
 __all__ = [
     "SHORT_RANDOM_WEIGHTS_WARNING",
     "overlay_heatmap",
+    "plot_prediction_rocs",
     "plot_roc_curves",
     "render_overlay",
     "save_overlay_png",
@@ -330,3 +331,22 @@ def plot_roc_curves(
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_prediction_rocs(
+    path: str | os.PathLike[str],
+    predictions: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    title: str = "UltraAD",
+    random_weights: bool = False,
+) -> Path:
+    """ROC curves of per-image prediction records (``label``, ``probabilities``, ``anomaly_score``): normal vs
+    abnormal from the anomaly score, and each class vs the rest from its probability."""
+    names = list(class_names)
+    labels = np.array([names.index(p["label"]) for p in predictions])
+    curves: dict[str, tuple[Any, Any]] = {
+        "normal vs abnormal (anomaly score)": (labels != 0, np.array([p["anomaly_score"] for p in predictions]))
+    }
+    for i, name in enumerate(names):
+        curves[f"{name} vs rest"] = (labels == i, np.array([p["probabilities"][name] for p in predictions]))
+    return plot_roc_curves(path, curves, title=title, random_weights=random_weights)

@@ -55,6 +55,8 @@ def test_predict_writes_overlay_and_probabilities(trained, synthetic_dataset, tm
         assert record["random_weights"] and "RANDOM WEIGHTS" in record["warning"]
         overlay = Image.open(tmp_path / f"{image.stem}_heatmap.png")
         assert overlay.width >= Image.open(image).width
+        assert (tmp_path / f"{image.stem}_heatmap.nii.gz").is_file()
+    assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 3
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 
 

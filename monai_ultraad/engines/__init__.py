@@ -1,0 +1,26 @@
+"""MONAI/ignite engines, datasets, handlers and inference pieces for UltraAD (used by the bundle configs)."""
+
+from monai_ultraad.engines.datasets import EvalFeatureDataset, ShotFeatureDataset, collate_eval
+from monai_ultraad.engines.handlers import (
+    BestHeadKeeper,
+    EvaluationReportWriter,
+    FewShotCheckpointSaver,
+    UltraADMetric,
+)
+from monai_ultraad.engines.inference import PredictionTableWriter, UltraADInferer, ultraad_postprocessing
+from monai_ultraad.engines.workflows import FewShotEvaluator, FewShotTrainer
+
+__all__ = [
+    "BestHeadKeeper",
+    "EvalFeatureDataset",
+    "EvaluationReportWriter",
+    "FewShotCheckpointSaver",
+    "FewShotEvaluator",
+    "FewShotTrainer",
+    "PredictionTableWriter",
+    "ShotFeatureDataset",
+    "UltraADInferer",
+    "UltraADMetric",
+    "collate_eval",
+    "ultraad_postprocessing",
+]

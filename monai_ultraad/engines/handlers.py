@@ -1,0 +1,211 @@
+"""Ignite metric and handlers for UltraAD's MONAI engines: metrics, best-epoch selection, checkpoint, reports."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+
+from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
+from monai_ultraad.engine import SELECTION_METRICS, TrainConfig, _selection_score, choose_threshold, save_checkpoint
+from monai_ultraad.engines.datasets import EvalFeatureDataset
+from monai_ultraad.io_utils import atomic_write_json
+from monai_ultraad.metrics import UltraADEvaluator
+from monai_ultraad.networks.backbone import VisualFeatures
+from monai_ultraad.networks.ultraad import UltraAD
+from monai_ultraad.visualize import plot_prediction_rocs
+
+logger = logging.getLogger(__name__)
+
+
+class UltraADMetric(Metric):
+    """The standard UltraAD metric set (:class:`~monai_ultraad.metrics.UltraADEvaluator`) as an ignite metric.
+
+    Its value under its own name is the model-selection score (mean of validation image AUROC, 3-class AUROC and
+    pixel AUROC); every scalar of the full set is also written to ``engine.state.metrics`` (``image_auroc``,
+    ``pixel_auroc``, ``dice``, ...). The full result, with notes, stays in :attr:`last_result`.
+
+    Args:
+        threshold: heatmap threshold for Dice / IoU.
+        class_names: the model's classes.
+    """
+
+    def __init__(self, threshold: float = 0.5, class_names: Sequence[str] | None = None) -> None:
+        self.threshold = float(threshold)
+        self.class_names = class_names
+        self.last_result: dict[str, Any] = {}
+        super().__init__(output_transform=lambda x: x)
+
+    def reset(self) -> None:
+        kwargs = {"class_names": self.class_names} if self.class_names else {}
+        self._evaluator = UltraADEvaluator(threshold=self.threshold, **kwargs)
+
+    def update(self, output: dict[str, Any]) -> None:
+        self._evaluator.update(output["probs"], output["scores"], output["labels"], output["maps"], output["masks"])
+
+    def compute(self) -> float:
+        self.last_result = self._evaluator.compute()
+        return _selection_score(self.last_result)
+
+    def completed(self, engine: Engine, name: str) -> None:
+        engine.state.metrics[name] = self.compute()
+        for key, value in self.last_result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                engine.state.metrics[key] = value
+
+
+class BestHeadKeeper:
+    """Keeps a copy of the head weights of the epoch with the best validation score (attach to the evaluator).
+
+    Model selection uses validation images only; the test set is never seen during training.
+    """
+
+    def __init__(self, network: UltraAD, metric_name: str = "val_score") -> None:
+        self.network = network
+        self.metric_name = metric_name
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_metrics: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        score = engine.state.metrics.get(self.metric_name, float("nan"))
+        if score is not None and not math.isnan(score) and score > self.best_score:
+            self.best_score, self.best_epoch = float(score), int(engine.state.epoch)
+            self.best_state = copy.deepcopy(self.network.head_state_dict())
+            self.best_metrics = {k: engine.state.metrics.get(k) for k in SELECTION_METRICS}
+            logger.info("new best validation score %.4f at epoch %d", self.best_score, self.best_epoch)
+
+
+class FewShotCheckpointSaver:
+    """At the end of training: restore the best epoch, choose the heatmap threshold on validation, save.
+
+    Attach to the trainer. Writes ``save_path`` atomically with the head weights and provenance (model config,
+    backbone and its weights id, seed, shot / validation / test ids, hyperparameters, threshold, versions).
+
+    Args:
+        save_path: checkpoint file (e.g. ``models/model.pt``).
+        network: the UltraAD model.
+        keeper: the evaluator's :class:`BestHeadKeeper` (None: keep the last epoch).
+        validation: validation dataset used to choose the threshold (None or empty: threshold 0.5).
+        split: the few-shot split (anything with ``to_dict()``) recorded in the checkpoint.
+        train_config: hyperparameters to record (a dict, e.g. the bundle's).
+        extra: more provenance to record (dataset, bundle version, ...).
+    """
+
+    def __init__(
+        self,
+        save_path: str,
+        network: UltraAD,
+        keeper: BestHeadKeeper | None = None,
+        validation: EvalFeatureDataset | None = None,
+        split: Any = None,
+        train_config: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.save_path = Path(save_path)
+        self.network, self.keeper, self.validation = network, keeper, validation
+        self.split, self.train_config, self.extra = split, train_config or {}, extra or {}
+        self.threshold: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        notes = [RANDOM_WEIGHTS_WARNING] if self.network.random_weights else []
+        best_epoch = engine.state.epoch
+        if self.keeper is not None and self.keeper.best_state is not None:
+            self.network.load_head_state_dict(self.keeper.best_state)
+            self.network.to(next(self.network.parameters()).device)
+            best_epoch = self.keeper.best_epoch
+        else:
+            notes.append("no validation score: the last epoch was kept")
+        batches = []
+        if self.validation is not None and len(self.validation):
+            items = [self.validation[i] for i in range(len(self.validation))]
+            for start in range(0, len(items), 32):
+                chunk = items[start : start + 32]
+                feats = VisualFeatures(torch.stack([c["cls_token"] for c in chunk]),
+                                       torch.stack([c["patch_tokens"] for c in chunk]))
+                batches.append((feats, [c["sample"] for c in chunk]))
+        self.threshold, threshold_notes = choose_threshold(self.network, batches)
+        notes += threshold_notes
+        known = set(TrainConfig.__dataclass_fields__)
+        config = TrainConfig(**{k: v for k, v in self.train_config.items() if k in known})
+        split = self.split.to_dict() if hasattr(self.split, "to_dict") else self.split
+        extra = {**self.extra, "bundle_train_config": self.train_config, "notes": notes,
+                 "best_val_score": self.keeper.best_score if self.keeper else None}
+        save_checkpoint(self.save_path, self.network, threshold=self.threshold, train_config=config, split=split,
+                        extra=_plain(extra))
+        payload_epoch = {"best_epoch": best_epoch, "threshold": self.threshold}
+        logger.info("saved %s (best epoch %d, validation threshold %.3f)", self.save_path, best_epoch, self.threshold)
+        engine.state.ultraad_checkpoint = {"path": str(self.save_path), **payload_epoch}
+
+
+class EvaluationReportWriter:
+    """Collects per-image predictions of an evaluator; at the end writes metrics.json, predictions.json, roc.png.
+
+    Attach to the evaluator after its :class:`UltraADMetric` (named ``metric_name``).
+    """
+
+    def __init__(self, output_dir: str, metric: UltraADMetric, class_names: Sequence[str], random_weights: bool,
+                 title: str = "UltraAD") -> None:
+        self.output_dir = Path(output_dir)
+        self.metric, self.class_names = metric, list(class_names)
+        self.random_weights, self.title = random_weights, title
+        self.predictions: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.predictions.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        for i, image_id in enumerate(out["ids"]):
+            probs = out["probs"][i]
+            self.predictions.append({
+                "id": image_id,
+                "label": self.class_names[int(out["labels"][i])],
+                "predicted": self.class_names[int(np.argmax(probs))],
+                "probabilities": {c: float(p) for c, p in zip(self.class_names, probs)},
+                "anomaly_score": float(out["scores"][i]),
+            })
+
+    def _write(self, engine: Engine) -> None:
+        result = dict(self.metric.last_result)
+        result["random_weights"] = self.random_weights
+        if self.random_weights:
+            result["warning"] = RANDOM_WEIGHTS_WARNING
+        atomic_write_json(self.output_dir / "metrics.json", result, nan_as_null=True)
+        atomic_write_json(self.output_dir / "predictions.json", self.predictions)
+        plot_prediction_rocs(self.output_dir / "roc.png", self.predictions, self.class_names, self.title, self.random_weights)
+        logger.info("evaluation: " + ", ".join(
+            f"{k}={result.get(k, float('nan')):.3f}" for k in ("image_auroc", "cls_auroc_macro", "pixel_auroc", "dice")
+        ))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    return str(obj)
+
+
+__all__ = ["BestHeadKeeper", "EvaluationReportWriter", "FewShotCheckpointSaver", "UltraADMetric"]
