@@ -174,16 +174,7 @@ class UltraADCLI:
         )
         _banner(model.random_weights)
         items = read_dataset(data_dir, fmt)
-        recorded = payload.get("split") or {}
-        used_ids = set(recorded.get("shots", [])) | set(recorded.get("validation", []))
-        overlaps = any(str(it["id"]) in used_ids for it in items)
-        if split == "test" or (split == "auto" and overlaps):
-            test_ids = set(recorded.get("test", []))
-            items = [it for it in items if str(it["id"]) in test_ids]
-            if not items:
-                raise UltraADError(f"none of the checkpoint's test images are in {data_dir}")
-        elif split not in ("auto", "all"):
-            raise UltraADError(f"split must be auto, test or all, not {split!r}")
+        items = engine.recorded_test_items(payload, items, split)
         store = engine.build_store(model.backbone, cache_dir=cache_dir if cache_dir else True,
                                    device=_device(device), progress=progress)
         thr = float(payload["threshold"] if threshold is None else threshold)

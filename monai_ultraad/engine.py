@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import io
 import logging
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +41,7 @@ from monai_ultraad.data.transforms import (
 )
 from monai_ultraad.errors import InputDataError, WeightsError
 from monai_ultraad.features import FeatureStore, default_cache_dir
+from monai_ultraad.io_utils import atomic_write_bytes
 from monai_ultraad.losses import UltraADLoss
 from monai_ultraad.metrics import UltraADEvaluator, best_threshold
 from monai_ultraad.networks.backbone import ClipBackbone, VisualFeatures
@@ -151,8 +152,9 @@ def training_masks(items: Sequence[dict], image_size: int, mean, std) -> torch.T
     return torch.stack(masks)
 
 
-def _trainable(model: UltraAD) -> list[torch.nn.Parameter]:
-    return [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+def unwrap(model: torch.nn.Module) -> UltraAD:
+    """The UltraAD inside a DistributedDataParallel / DataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
 
 
 def seed_everything_local(seed: int) -> torch.Generator:
@@ -183,6 +185,7 @@ def run_head(
     model: UltraAD, features: VisualFeatures, samples: Sequence[EvalSample]
 ) -> tuple[UltraADOutput, list[np.ndarray]]:
     """Head forward + heatmaps mapped back to each image's original geometry."""
+    model = unwrap(model)
     model.eval()
     out = model.forward_features(features)
     maps = [
@@ -253,8 +256,9 @@ def training_step(
 ) -> tuple[UltraADOutput, dict[str, float]]:
     """One optimisation step on a batch of shots (leave-one-out memory); returns the output and loss parts."""
     model.train()
-    device = model.memory.class_text.device
-    output = model.forward_features(batch.features, memory_exclude=batch.memory_slots.to(device))
+    device = unwrap(model).memory.class_text.device
+    # through __call__ (not forward_features) so that a DistributedDataParallel wrapper synchronises gradients
+    output = model(batch.features, memory_exclude=batch.memory_slots.to(device))
     parts = loss_fn(output, batch.masks, batch.labels)
     optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()
@@ -303,7 +307,7 @@ def fit(
     model.setup_memory(features, labels)
     slots = torch.arange(len(shots))
     loss_fn = UltraADLoss(seg_weight=config.seg_weight, cls_weight=config.cls_weight)
-    params = _trainable(model)
+    params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     best_score, best_epoch, best_state, best_metrics = -math.inf, 0, copy.deepcopy(model.head_state_dict()), {}
@@ -400,17 +404,9 @@ def save_checkpoint(
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "extra": extra or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -434,6 +430,7 @@ def load_checkpoint(
     pretrained: str | None = None,
     allow_random_init: bool = False,
     device: str | torch.device = "cpu",
+    backbone_name: str | None = None,
 ) -> tuple[UltraAD, dict[str, Any]]:
     """Rebuild the trained UltraAD from a checkpoint.
 
@@ -442,6 +439,7 @@ def load_checkpoint(
         pretrained: where to load the backbone weights from when ``backbone`` is None (default: what training used;
             a local file must hold the same weights).
         allow_random_init: needed to load a checkpoint that was trained on a random-init backbone.
+        backbone_name: the architecture the caller expects; another one recorded in the checkpoint is an error.
 
     Raises:
         WeightsError: unreadable checkpoint, or a backbone other than the one it was trained on.
@@ -450,6 +448,11 @@ def load_checkpoint(
     described = payload["model"]
     cfg = dict(described["config"])
     trained_backbone = described["backbone"]
+    if backbone_name is not None and backbone_name != cfg["backbone"]:
+        raise WeightsError(
+            f"checkpoint {Path(path).name} was trained on backbone {cfg['backbone']}, not {backbone_name}; "
+            "it cannot be loaded into another backbone"
+        )
     if backbone is None:
         source = pretrained if pretrained is not None else trained_backbone.get("pretrained")
         if trained_backbone.get("random_weights") and pretrained is None:
@@ -470,6 +473,46 @@ def load_checkpoint(
     load_head(model, payload, source=Path(path).name)
     model.to(device).eval()
     return model, payload
+
+
+def network_from_checkpoint(
+    checkpoint: str | os.PathLike,
+    pretrained: str | None = None,
+    allow_random_init: bool = False,
+    backbone_name: str | None = None,
+    device: str | torch.device = "cpu",
+) -> UltraAD:
+    """:func:`load_checkpoint` returning only the network (for configs: ``network_def``)."""
+    return load_checkpoint(checkpoint, pretrained=pretrained, allow_random_init=allow_random_init,
+                           backbone_name=backbone_name, device=device)[0]
+
+
+def with_checkpoint(model: UltraAD, checkpoint: dict[str, Any] | str | os.PathLike) -> UltraAD:
+    """Load a checkpoint's head into ``model`` (see :func:`load_head`) and return the model in eval mode."""
+    load_head(model, checkpoint)
+    return model.eval()
+
+
+def recorded_test_items(checkpoint: dict[str, Any], items: Sequence[dict], split: str = "auto") -> list[dict]:
+    """The images to evaluate a checkpoint on.
+
+    ``test``: the test images recorded in the checkpoint; ``all``: every item; ``auto``: the recorded test images
+    when ``items`` contains any of the checkpoint's shots or validation images (the training dataset), otherwise
+    every item (an unseen dataset). Never returns an image the model was trained or selected on.
+    """
+    recorded = checkpoint.get("split") or {}
+    used = set(recorded.get("shots", [])) | set(recorded.get("validation", []))
+    if split not in ("auto", "test", "all"):
+        raise InputDataError(f"split must be auto, test or all, not {split!r}")
+    if split == "test" or (split == "auto" and any(str(it["id"]) in used for it in items)):
+        test_ids = set(recorded.get("test", []))
+        chosen = [it for it in items if str(it["id"]) in test_ids]
+        if not chosen:
+            raise InputDataError("none of the checkpoint's recorded test images are in this dataset")
+        return chosen
+    if split == "all" and any(str(it["id"]) in used for it in items):
+        logger.warning("evaluating on every image, including images the model was trained or selected on")
+    return list(items)
 
 
 def model_kwargs_from_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -533,6 +576,10 @@ __all__ = [
     "choose_threshold",
     "load_checkpoint",
     "load_head",
+    "network_from_checkpoint",
+    "recorded_test_items",
+    "unwrap",
+    "with_checkpoint",
     "model_kwargs_from_config",
     "validation_batches",
     "load_eval_samples",

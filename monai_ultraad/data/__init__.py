@@ -14,6 +14,7 @@ from monai_ultraad.data.datasets import (
     read_busi_folder,
     read_datalist,
     read_dataset,
+    read_image_folder,
     read_labels_csv,
 )
 from monai_ultraad.data.fewshot import (
@@ -66,6 +67,7 @@ __all__ = [
     "read_busi_folder",
     "read_datalist",
     "read_dataset",
+    "read_image_folder",
     "read_labels_csv",
     "sample_k_shot",
     "transform_signature",

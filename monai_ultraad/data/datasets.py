@@ -51,6 +51,7 @@ __all__ = [
     "read_busi_folder",
     "read_datalist",
     "read_dataset",
+    "read_image_folder",
     "read_labels_csv",
     "uclm_lesion_colours",
 ]
@@ -504,3 +505,18 @@ def default_data_dir() -> Path | None:
     # datasets.py -> data/ -> monai_ultraad/ -> repository root; shared/ sits beside the repository.
     candidate = Path(env).expanduser() if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
     return candidate if candidate.is_dir() else None
+
+
+def read_image_folder(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Unlabelled images for inference: ``[{"id", "image"}]`` for a file, or every image file in a folder (sorted).
+
+    Raises:
+        InputDataError: the path does not exist or holds no image file.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise InputDataError(f"input not found: {root}")
+    files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputDataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {root}")
+    return [{ID_KEY: f.stem, IMAGE_KEY: str(f.resolve())} for f in files]

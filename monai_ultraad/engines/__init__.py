@@ -7,7 +7,13 @@ from monai_ultraad.engines.handlers import (
     FewShotCheckpointSaver,
     UltraADMetric,
 )
-from monai_ultraad.engines.inference import PredictionTableWriter, UltraADInferer, ultraad_postprocessing
+from monai_ultraad.engines.inference import (
+    PredictionTableWriter,
+    UltraADInferer,
+    UltraADTensorNet,
+    output_value,
+    ultraad_postprocessing,
+)
 from monai_ultraad.engines.workflows import FewShotEvaluator, FewShotTrainer
 
 __all__ = [
@@ -21,6 +27,8 @@ __all__ = [
     "ShotFeatureDataset",
     "UltraADInferer",
     "UltraADMetric",
+    "UltraADTensorNet",
     "collate_eval",
+    "output_value",
     "ultraad_postprocessing",
 ]

@@ -42,14 +42,16 @@ class UltraADMetric(Metric):
         self.threshold = float(threshold)
         self.class_names = class_names
         self.last_result: dict[str, Any] = {}
-        super().__init__(output_transform=lambda x: x)
+        # ignite unpacks mapping outputs into (y_pred, y); hand over the whole dict wrapped in a tuple instead
+        super().__init__(output_transform=lambda output: (output,))
 
     def reset(self) -> None:
         kwargs = {"class_names": self.class_names} if self.class_names else {}
         self._evaluator = UltraADEvaluator(threshold=self.threshold, **kwargs)
 
-    def update(self, output: dict[str, Any]) -> None:
-        self._evaluator.update(output["probs"], output["scores"], output["labels"], output["maps"], output["masks"])
+    def update(self, output: tuple[dict[str, Any]]) -> None:
+        out = output[0]
+        self._evaluator.update(out["probs"], out["scores"], out["labels"], out["maps"], out["masks"])
 
     def compute(self) -> float:
         self.last_result = self._evaluator.compute()

@@ -78,6 +78,45 @@ def _looks_like_path(pretrained: str) -> bool:
     return "/" in p or "\\" in p or p.endswith((".pt", ".pth", ".bin", ".safetensors", ".npz")) or Path(p).exists()
 
 
+def uses_quick_gelu(model_name: str, pretrained: str | None) -> bool:
+    """Whether these weights need QuickGELU activations (the OpenAI CLIP models do; a mismatch silently degrades).
+
+    For an open_clip tag, its pretrained config says so. For a local file, the architecture decides when every
+    published weight of it uses QuickGELU (``ViT-L-14-336`` has only OpenAI's), and ``-quickgelu`` names always do.
+    """
+    if model_name.endswith("-quickgelu") or _is_random(pretrained):
+        return False  # the -quickgelu configs set it themselves; random weights use the config as is
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained in tags:
+        return bool(open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
+    return bool(tags) and all(open_clip.get_pretrained_cfg(model_name, t).get("quick_gelu", False) for t in tags)
+
+
+def _load_weight_file(model: nn.Module, path: Path, model_name: str) -> None:
+    """Load a local checkpoint: open_clip / HF state dicts (safetensors or ``torch.load(weights_only=True)``) or an
+    original OpenAI TorchScript archive (its state dict only; no TorchScript code is run)."""
+    import zipfile
+
+    is_torchscript = False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+    try:
+        if is_torchscript:
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            expected = model.state_dict()
+            missing = sorted(set(expected) - set(state))
+            if missing:
+                raise KeyError(f"missing keys {missing[:5]}")
+            # archives also carry metadata entries (input_resolution, ...) and non-persistent buffers: skip them
+            model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
+        else:
+            # open_clip.load_checkpoint uses torch.load(weights_only=True) or safetensors: no pickle execution.
+            open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+    except Exception as exc:  # corrupt file, wrong architecture, truncated download...
+        raise WeightsError(f"cannot load backbone weights from {path} into {model_name}: {exc}") from exc
+
+
 def create_clip(
     model_name: str = DEFAULT_BACKBONE,
     pretrained: str | None = DEFAULT_PRETRAINED,
@@ -85,6 +124,7 @@ def create_clip(
     allow_random_init: bool = False,
     init_seed: int = 0,
     cache_dir: str | None = None,
+    quick_gelu: bool | None = None,
 ) -> tuple[nn.Module, str, bool]:
     """Build an open_clip model and load its weights.
 
@@ -97,6 +137,7 @@ def create_clip(
         init_seed: seed of the random initialisation, so that a random backbone is reproducible (and its feature
             cache valid).
         cache_dir: open_clip download cache for tags.
+        quick_gelu: force QuickGELU activations; None decides with :func:`uses_quick_gelu` (True for OpenAI weights).
 
     Returns:
         (model, weights_id, random_weights). ``weights_id`` identifies the weights (tag, file hash or
@@ -132,16 +173,12 @@ def create_clip(
         if not path.is_file():
             raise WeightsError(
                 f"backbone weight file not found: {path}. Fetch it as listed in bundle/large_files.yml "
-                "(python -m monai.bundle download / the url there) or pass an open_clip tag"
+                "(download its url and check its sha256), pass an open_clip tag, or, for a smoke run whose outputs are not "
+                "meaningful, pretrained=random with allow_random_init=True"
             )
-        model = open_clip.create_model(model_name, pretrained=None)
-        try:
-            # open_clip.load_checkpoint uses torch.load(weights_only=True) or safetensors: no pickle execution.
-            incompatible = open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
-        except Exception as exc:  # corrupt file, wrong architecture, TorchScript archive...
-            raise WeightsError(f"cannot load backbone weights from {path} into {model_name}: {exc}") from exc
-        if incompatible and getattr(incompatible, "missing_keys", None):
-            raise WeightsError(f"backbone weights {path} miss keys for {model_name}: {incompatible.missing_keys[:5]}")
+        quick = uses_quick_gelu(model_name, str(path)) if quick_gelu is None else quick_gelu
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick)
+        _load_weight_file(model, path, model_name)
         return model, f"file-sha256:{sha256_file(path)}", False
 
     tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -151,7 +188,8 @@ def create_clip(
             f"(known tags: {', '.join(tags) or 'none'})"
         )
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir)
+        quick = uses_quick_gelu(model_name, pretrained) if quick_gelu is None else quick_gelu
+        model = open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir, force_quick_gelu=quick)
     except Exception as exc:  # typically: no network to the model hub
         raise WeightsError(
             f"could not load open_clip weights '{pretrained}' for {model_name}: {exc}. Without network access, "
@@ -204,9 +242,16 @@ class FrozenTextEncoder(nn.Module):
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(tokens.to(self.token_embedding.weight.device))
 
-    def encode_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        """Encode (B, T, width) token embeddings; ``eot_index`` (B,) is each sequence's end-of-text position."""
-        length = int(eot_index.max().item()) + 1
+    def encode_embeddings(
+        self, embeddings: torch.Tensor, eot_index: torch.Tensor, length: int | None = None
+    ) -> torch.Tensor:
+        """Encode (B, T, width) token embeddings; ``eot_index`` (B,) is each sequence's end-of-text position.
+
+        ``length`` (> every end-of-text position) can be given when it is known in advance, which keeps the
+        computation free of data-dependent shapes (needed by ``torch.export``).
+        """
+        if length is None:
+            length = int(eot_index.max().item()) + 1
         x = embeddings[:, :length]
         dtype = self.positional_embedding.dtype
         x = x.to(dtype) + self.positional_embedding[:length]

@@ -98,6 +98,7 @@ class ImageAwarePromptLearner(nn.Module):
             texts = [f"{prefix} {FIXED_CLASS_PHRASE}." for prefix in STATE_PREFIXES]
         tokens = text_encoder.tokenize(texts)
         self.register_buffer("eot_index", tokens.argmax(dim=-1), persistent=False)
+        self.seq_len = int(tokens.argmax(dim=-1).max()) + 1  # a Python int: no data-dependent shape at run time
         with torch.no_grad():
             self.register_buffer("token_embeddings", text_encoder.embed_tokens(tokens).float().cpu(), persistent=False)
         if image_aware:
@@ -118,7 +119,7 @@ class ImageAwarePromptLearner(nn.Module):
         batch = shared_cls.shape[0]
         base = self.token_embeddings.to(shared_cls.device)
         if not self.image_aware:
-            text = F.normalize(encoder.encode_embeddings(base, self.eot_index.to(base.device)).float(), dim=-1)
+            text = F.normalize(encoder.encode_embeddings(base, self.eot_index.to(base.device), self.seq_len).float(), dim=-1)
             return text.unsqueeze(0).expand(batch, -1, -1)
         instance = self.instance_proj(shared_cls)  # (B, width)
         learned = torch.cat([self.ctx.unsqueeze(0).expand(batch, -1, -1), instance.unsqueeze(1)], dim=1)
@@ -126,5 +127,5 @@ class ImageAwarePromptLearner(nn.Module):
         for state in range(2):
             emb[:, state, self.ctx_slots[state]] = learned.to(emb.dtype)
         eot = self.eot_index.to(emb.device).repeat(batch)
-        text = encoder.encode_embeddings(emb.flatten(0, 1), eot).float()
+        text = encoder.encode_embeddings(emb.flatten(0, 1), eot, self.seq_len).float()
         return F.normalize(text, dim=-1).view(batch, 2, -1)

@@ -218,9 +218,21 @@ class UltraAD(nn.Module):
         self.load_state_dict({**{f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}, **state})
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: torch.Tensor) -> UltraADOutput:
-        """(B, 3, S, S) CLIP-normalised images -> :class:`UltraADOutput`."""
-        return self.forward_features(self.backbone.encode_image(images))
+    def forward(
+        self, images: torch.Tensor | VisualFeatures, memory_exclude: torch.Tensor | None = None
+    ) -> UltraADOutput:
+        """(B, 3, S, S) CLIP-normalised images, or already computed :class:`VisualFeatures` -> :class:`UltraADOutput`.
+
+        Accepting features here (not only in :meth:`forward_features`) lets wrappers such as DistributedDataParallel,
+        which only intercept ``forward``, train the head on cached features.
+        """
+        if isinstance(images, VisualFeatures):
+            return self.forward_features(images, memory_exclude=memory_exclude)
+        return self.forward_features(self.backbone.encode_image(images), memory_exclude=memory_exclude)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The head's learnable parameters (the backbone is frozen)."""
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
 
     def forward_features(self, features: VisualFeatures, memory_exclude: torch.Tensor | None = None) -> UltraADOutput:
         """Run the head on (possibly cached) backbone features.
@@ -232,10 +244,10 @@ class UltraAD(nn.Module):
         device = self.memory.class_text.device
         cls_token = features.cls_token.to(device).float()
         patches = features.patch_tokens.to(device).float()
-        batch, _, n_patches, _ = patches.shape
-        grid = int(round(n_patches**0.5))
-        if grid * grid != n_patches:
-            raise ValueError(f"patch tokens do not form a square grid ({n_patches})")
+        batch = patches.shape[0]
+        grid = self.backbone.grid_size
+        if not torch.jit.is_tracing() and patches.shape[2] != grid * grid:
+            raise ValueError(f"expected {grid * grid} patch tokens ({grid}x{grid} grid), got {patches.shape[2]}")
 
         shared = self.mininet(cls_token)  # (B, D), shared by classification and prompting
         class_logits = self.memory(shared, exclude=memory_exclude)
