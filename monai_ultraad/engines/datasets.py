@@ -58,9 +58,13 @@ class EvalFeatureDataset(Dataset):
     grow with the test set.
     """
 
-    def __init__(self, data: Sequence[dict], store: FeatureStore) -> None:
+    def __init__(self, data: Sequence[dict], store: FeatureStore, precompute: bool = True) -> None:
         self.data = list(data)
         self.store = store
+        if precompute:
+            # Fill the cache in backbone-sized batches with one progress bar, instead of one image per __getitem__.
+            for _ in store.iter_batches(self.data, desc="features (evaluation)"):
+                pass
 
     def __len__(self) -> int:
         return len(self.data)
