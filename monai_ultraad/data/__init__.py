@@ -31,6 +31,7 @@ from monai_ultraad.data.transforms import (
     ClipNormalized,
     LoadLesionMaskd,
     apply_pipeline,
+    ultraad_array_preprocessing,
     LoadUltrasoundImaged,
     SquarePadd,
     load_image_array,
@@ -42,6 +43,7 @@ from monai_ultraad.data.transforms import (
 
 __all__ = [
     "apply_pipeline",
+    "ultraad_array_preprocessing",
     "DATASET_FORMATS",
     "LABEL_NAME_KEY",
     "MASK_ENCODING_KEY",

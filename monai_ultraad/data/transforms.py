@@ -37,6 +37,7 @@ from monai_ultraad.errors import InputDataError, UltraADError
 
 __all__ = [
     "apply_pipeline",
+    "ultraad_array_preprocessing",
     "OPENAI_DATASET_MEAN",
     "OPENAI_DATASET_STD",
     "PREPROCESSING_VERSION",
@@ -463,3 +464,23 @@ def apply_pipeline(transform: Callable[[dict], dict], data: Mapping[Hashable, An
         if cause is not None:
             raise cause from None
         raise
+
+
+def ultraad_array_preprocessing(
+    image_size: int, mean: Sequence[float] = OPENAI_DATASET_MEAN, std: Sequence[float] = OPENAI_DATASET_STD
+) -> Compose:
+    """The geometry and normalisation of :func:`ultraad_preprocessing` for images already in memory.
+
+    Input ``{"image": float32 (3, H, W) in [0, 1]}`` (e.g. a decoded DICOM frame / 255); output as
+    :func:`ultraad_preprocessing` without loading. Both paths share these transforms, so a PNG and the same pixels
+    wrapped in DICOM give the same model input.
+    """
+    size = (int(image_size), int(image_size))
+    return Compose(
+        [
+            SquarePadd(IMAGE_KEY),
+            Resized(IMAGE_KEY, size, mode="bilinear", align_corners=False, anti_aliasing=True),
+            ClipNormalized(IMAGE_KEY, mean, std),
+            EnsureTyped(IMAGE_KEY, dtype=torch.float32),
+        ]
+    )

@@ -1,0 +1,70 @@
+"""Run the UltraAD deploy app: ``python deploy_app -i <dicom dir> -o <out dir> -m <model dir or checkpoint>``.
+
+Without -i/-o/-m the paths come from HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH / HOLOSCAN_MODEL_PATH, as in a MAP.
+Extra options (removed before the SDK parses the rest): ``--frame-step N`` (score every N-th frame of a cine loop),
+``--max-frames N``, ``--allow-random-init`` (accept a checkpoint trained on a random backbone; every output says so),
+``--deterministic-uids SEED`` (reproducible UIDs, for tests). Environment equivalents: ULTRAAD_FRAME_STEP,
+ULTRAAD_MAX_FRAMES, ULTRAAD_ALLOW_RANDOM_INIT=1, ULTRAAD_DETERMINISTIC_UIDS.
+
+Exit code: 0 every ultrasound image was processed; 1 some file could not be processed (see ultraad_run.json in the
+output folder); 2 nothing could be processed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from app import AppOptions, UltraADApp  # noqa: E402
+
+from monai_ultraad.io_utils import atomic_write_json  # noqa: E402
+
+
+def split_options(argv: list[str]) -> tuple[AppOptions, list[str]]:
+    """Take this app's own options out of ``argv``; the SDK's parser rejects unknown arguments."""
+    env = os.environ
+    opts = AppOptions(
+        frame_step=int(env.get("ULTRAAD_FRAME_STEP", 1)),
+        max_frames=int(env["ULTRAAD_MAX_FRAMES"]) if env.get("ULTRAAD_MAX_FRAMES") else None,
+        allow_random_init=env.get("ULTRAAD_ALLOW_RANDOM_INIT", "").lower() in ("1", "true", "yes"),
+        deterministic_uids=env.get("ULTRAAD_DETERMINISTIC_UIDS") or None,
+    )
+    rest: list[str] = [argv[0]]
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--frame-step":
+            opts.frame_step = int(next(args))
+        elif arg == "--max-frames":
+            opts.max_frames = int(next(args))
+        elif arg == "--allow-random-init":
+            opts.allow_random_init = True
+        elif arg == "--deterministic-uids":
+            opts.deterministic_uids = next(args)
+        else:
+            rest.append(arg)
+    return opts, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, sdk_argv = split_options(list(sys.argv if argv is None else argv))
+    sys.argv = sdk_argv
+    app = UltraADApp(options=options)
+    try:
+        app.run()
+    except Exception as exc:  # the model or the output folder is unusable: nothing more can be done
+        logging.getLogger("ultraad.deploy").error("run aborted: %s", exc)
+        app.report.failed.append({"file": "-", "reason": f"run aborted: {exc}"})
+    summary = app.report.to_dict()
+    if app.output_folder is not None:
+        atomic_write_json(app.output_folder / "ultraad_run.json", summary)
+    print(json.dumps({k: (v if k == "exit_code" else len(v)) for k, v in summary.items()}))
+    return app.report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
