@@ -58,12 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         app.run()
     except Exception as exc:  # the model or the output folder is unusable: nothing more can be done
         logging.getLogger("ultraad.deploy").error("run aborted: %s", exc)
-        app.report.failed.append({"file": "-", "reason": f"run aborted: {exc}"})
-    summary = app.report.to_dict()
+        print(f"ultraad deploy app: run aborted: {exc}", file=sys.stderr)
+        app.run_report.failed.append({"file": "-", "reason": f"run aborted: {exc}"})
+    summary = app.run_report.to_dict()
+    for failure in summary["failed"]:
+        print(f"ultraad deploy app: failed {failure['file']}: {failure['reason']}", file=sys.stderr)
     if app.output_folder is not None:
         atomic_write_json(app.output_folder / "ultraad_run.json", summary)
     print(json.dumps({k: (v if k == "exit_code" else len(v)) for k, v in summary.items()}))
-    return app.report.exit_code
+    return app.run_report.exit_code
 
 
 if __name__ == "__main__":

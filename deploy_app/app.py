@@ -23,7 +23,7 @@ from operators.run_report import RunReport
 from operators.seg_writer import SegWriterOperator
 from operators.sr_writer import SRWriterOperator
 from operators.study_loader import StudyLoaderOperator
-from operators.ultraad_inference import UltraADInferenceOperator
+from operators.ultraad_inference import UltraADInferenceOperator, resolve_model_files
 from operators.ultrasound_selector import UltrasoundSelectorOperator
 
 logger = logging.getLogger("ultraad.deploy")
@@ -43,10 +43,11 @@ class UltraADApp(Application):
     """Breast-ultrasound lesion heatmaps and normal / benign / malignant classification (UltraAD)."""
 
     def __init__(self, *args, options: AppOptions | None = None, **kwargs) -> None:
-        self.options = options or AppOptions()
-        self.report = RunReport()
-        self.output_folder: Path | None = None
         super().__init__(*args, **kwargs)
+        # prefixed names: holoscan's Application already has attributes such as `options`
+        self.ultraad_options = options or AppOptions()
+        self.run_report = RunReport()
+        self.output_folder: Path | None = None
 
     def compose(self) -> None:
         app_context: AppContext = Application.init_app_context(self.argv)
@@ -54,8 +55,9 @@ class UltraADApp(Application):
         output_folder = Path(app_context.output_path)
         model_path = Path(app_context.model_path)
         self.output_folder = output_folder
+        resolve_model_files(model_path)  # fail before reading the study when the model cannot be found
         logger.info("input %s, output %s, model %s", input_folder, output_folder, model_path)
-        opts, report = self.options, self.report
+        opts, report = self.ultraad_options, self.run_report
 
         loader = StudyLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, report=report,
                                      name="study_loader")

@@ -41,4 +41,6 @@ class StudyLoaderOperator(Operator):
 def is_failure(reason: str) -> bool:
     """Unusable files count as failures; files that are simply not ultrasound images do not."""
     text = reason.lower()
-    return any(word in text for word in ("not a dicom", "truncat", "unreadable", "cannot read", "corrupt", "decode"))
+    return any(word in text for word in (
+        "not a dicom", "truncat", "unreadable", "cannot read", "corrupt", "decode", "pixel data", "not supported",
+    ))

@@ -106,7 +106,14 @@ class UltraADInferenceOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         cropped = op_input.receive("cropped")
         if self.model is None and cropped:
-            self._load()
+            try:
+                self._load()
+            except Exception as exc:  # no model: every image fails, with the reason, and nothing is written
+                logger.error("model could not be loaded: %s", exc)
+                for item in cropped:
+                    self.report.fail(item.image.path, f"model could not be loaded: {exc}")
+                op_output.emit([], "results")
+                return
         results = []
         for item in cropped:
             image = item.image

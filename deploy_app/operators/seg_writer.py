@@ -1,0 +1,42 @@
+"""Step 5: DICOM SEG of each image's heatmaps: FRACTIONAL (probability) and BINARY (validation threshold)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from monai_ultraad.dicom.writers import write_segmentations
+
+from ._dicom_outputs import uid_factory, algorithm_info, frame_predictions, pixel_spacing_mm, source_dataset
+from .run_report import RunReport
+
+
+class SegWriterOperator(Operator):
+    """Writes two SEG objects per source image into the source study (new series, fresh UIDs) and emits, on
+    ``segmentations``, (result, binary SEG path) pairs for the SR writer."""
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, report: RunReport, uid_seed: str | None = None,
+                 **kwargs) -> None:
+        self.output_folder, self.report, self.uid_seed = Path(output_folder), report, uid_seed
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("results")
+        spec.output("segmentations")
+
+    def compute(self, op_input, op_output, context) -> None:
+        written = []
+        for result in op_input.receive("results"):
+            try:
+                fractional, binary = write_segmentations(
+                    source_dataset(result), frame_predictions(result), result.model.threshold, self.output_folder,
+                    algorithm_info(result.model), uid_factory(self.uid_seed, result), pixel_spacing_mm=pixel_spacing_mm(result),
+                )
+            except Exception as exc:  # one bad image must not stop the study
+                self.report.fail(result.image.path, f"SEG not written: {exc}")
+                continue
+            self.report.wrote(fractional)
+            self.report.wrote(binary)
+            written.append((result, binary))
+        op_output.emit(written, "segmentations")

@@ -1,0 +1,219 @@
+"""The MONAI Deploy app end to end, as a hospital runs it: a study folder in, DICOM SEG / SR / SC out."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from monai_ultraad import engine
+from monai_ultraad.data import make_fewshot_split, read_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.realdata
+
+REAL_FILES = ["pydicom-data/US1_UNCR.dcm", "pydicom-data/OBXXXX1A_rle_2frame.dcm", "dcm4che/YBR_422.dcm"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_backbone, synthetic_dataset, tmp_path_factory) -> Path:
+    items = read_dataset(synthetic_dataset)
+    split = make_fewshot_split(items, k=2, seed=0)
+    store = engine.build_store(tiny_backbone, cache_dir=None, progress=False)
+    model = engine.build_model(tiny_backbone, seed=0)
+    result = engine.fit(model, split.shots, split.validation, store, engine.TrainConfig(epochs=2), progress=False)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    engine.save_checkpoint(path, model, threshold=result.threshold, split=split.to_dict(), fit_result=result)
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(data_dir, tmp_path_factory) -> Path:
+    """A study folder: a bus_uclm image wrapped as US DICOM, real US files, and files that must be skipped."""
+    from monai_ultraad.dicom.synthetic import wrap_as_ultrasound
+
+    folder = tmp_path_factory.mktemp("study")
+    rgb = np.asarray(Image.open(data_dir / "bus_uclm" / "images" / "ALWI_000.jpg").convert("RGB"))
+    h, w = rgb.shape[:2]
+    wrap_as_ultrasound(rgb, folder / "uclm.dcm", with_region=True, region_bounds=(20, 10, w - 21, h - 11),
+                       lossy_compression_method="ISO_10918_1", laterality="L")
+    for name in REAL_FILES:
+        shutil.copy(data_dir / "dicom" / name, folder / Path(name).name)
+    shutil.copy(data_dir / "dicom" / "dcm4che" / "will-jxl.dcm", folder / "will-jxl.dcm")  # undecodable (JPEG XL)
+    (folder / "notes.txt").write_text("not a DICOM file")
+    return folder
+
+
+def run_app(input_dir: Path, output_dir: Path, model: Path, *extra: str, env_paths: bool = False):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args = [sys.executable, str(REPO / "deploy_app"), "--allow-random-init", "--deterministic-uids", "test", *extra]
+    if env_paths:  # as in a MAP: paths from the HOLOSCAN_* variables
+        env.update(HOLOSCAN_INPUT_PATH=str(input_dir), HOLOSCAN_OUTPUT_PATH=str(output_dir),
+                   HOLOSCAN_MODEL_PATH=str(model))
+    else:
+        args += ["-i", str(input_dir), "-o", str(output_dir), "-m", str(model)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def outputs(study, checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    result = run_app(study, out, checkpoint)
+    return out, result
+
+
+def _by_kind(out: Path, kind: str) -> list[Path]:
+    return sorted(out.glob(f"{kind}_*.dcm"))
+
+
+def test_exit_code_and_run_report(outputs):
+    out, result = outputs
+    report = json.loads((out / "ultraad_run.json").read_text())
+    assert result.returncode == 1, result.stderr[-3000:]  # two files could not be processed
+    assert sorted(report["processed"]) == sorted(["uclm.dcm", *[Path(n).name for n in REAL_FILES]])
+    failed = {f["file"]: f["reason"] for f in report["failed"]}
+    assert set(failed) == {"will-jxl.dcm", "notes.txt"}
+    assert "1.2.840.10008.1.2.4.111" in failed["will-jxl.dcm"] and "not a DICOM" in failed["notes.txt"]
+    assert "ALWI" not in result.stdout + result.stderr  # no patient-derived names in the logs
+
+
+def test_every_object_passes_dciodvfy_and_dcmdump(outputs):
+    if not shutil.which("dciodvfy") or not shutil.which("dcmdump"):
+        pytest.skip("dicom3tools / dcmtk not installed (apt-get install dicom3tools dcmtk)")
+    out, _ = outputs
+    files = sorted(out.glob("*.dcm"))
+    assert len(files) == 4 * (1 + len(REAL_FILES))  # fractional SEG, binary SEG, SR, overlay per image
+    for path in files:
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True).stderr
+        errors = [line for line in report.splitlines() if line.startswith("Error")]
+        # YBR_422.dcm's own SOP Instance UID is invalid (a leading zero); objects must reference it as it is, so
+        # dciodvfy reports that value (and its summary line) wherever it appears. Nothing else is tolerated.
+        source_uid = pydicom.dcmread(REPO.parent / "shared" / "data" / "dicom" / "dcm4che" / "YBR_422.dcm",
+                                     stop_before_pixels=True).SOPInstanceUID
+        if any(source_uid in e for e in errors):
+            errors = [e for e in errors if source_uid not in e
+                      and e != "Error - Dicom dataset contains invalid data values for Value Representations"]
+        assert not errors, f"{path.name}: {errors}"
+        assert subprocess.run(["dcmdump", str(path)], capture_output=True).returncode == 0
+
+
+def test_seg_values_equal_the_model_output(outputs, study, checkpoint):
+    from monai_ultraad.dicom.inference import predict_frames
+    from monai_ultraad.dicom.reader import read_ultrasound
+
+    out, _ = outputs
+    source = read_ultrasound(study / "uclm.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, payload = engine.load_checkpoint(checkpoint, allow_random_init=True)
+    expected = predict_frames(model, source.frames, source.frame_numbers, source.tissue_regions)[0]
+    src_uid = source.dataset.SOPInstanceUID
+    fractional = [pydicom.dcmread(p) for p in _by_kind(out, "seg_fractional")]
+    seg = next(s for s in fractional if s.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+               .ReferencedSOPInstanceUID == src_uid)
+    assert seg.SegmentationType == "FRACTIONAL" and (seg.Rows, seg.Columns) == (source.rows, source.cols)
+    values = seg.pixel_array.astype(np.float32) / float(seg.MaximumFractionalValue)
+    np.testing.assert_allclose(values.reshape(expected.heatmap.shape), expected.heatmap, atol=1 / 255 + 1e-6)
+    # the map lives inside the tissue region only (the app analysed the region, not the frame border)
+    region = source.tissue_regions[0]
+    outside = np.ones_like(expected.heatmap, bool)
+    outside[region.y0:region.y1 + 1, region.x0:region.x1 + 1] = False
+    assert values.reshape(expected.heatmap.shape)[outside].max() == 0
+    binary = next(pydicom.dcmread(p) for p in _by_kind(out, "seg_binary")
+                  if pydicom.dcmread(p).ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+                  .ReferencedSOPInstanceUID == src_uid)
+    assert binary.SegmentationType == "BINARY"
+    np.testing.assert_array_equal(binary.pixel_array.reshape(expected.heatmap.shape).astype(bool),
+                                  expected.heatmap >= payload["threshold"])
+    assert binary.StudyInstanceUID == source.dataset.StudyInstanceUID
+    assert binary.SeriesInstanceUID != source.dataset.SeriesInstanceUID
+
+
+def test_sr_reports_the_model_probabilities(outputs, study, checkpoint):
+    import highdicom as hd
+
+    from monai_ultraad.dicom.inference import predict_frames
+    from monai_ultraad.dicom.reader import read_ultrasound
+
+    out, _ = outputs
+    source = read_ultrasound(study / "uclm.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = engine.load_checkpoint(checkpoint, allow_random_init=True)
+    expected = predict_frames(model, source.frames, source.frame_numbers, source.tissue_regions)[0]
+    reports = [hd.sr.srread(p) for p in _by_kind(out, "sr")]
+    sr = next(r for r in reports if any(e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID ==
+                                        source.dataset.SOPInstanceUID
+                                        for s in r.CurrentRequestedProcedureEvidenceSequence
+                                        for e in s.ReferencedSeriesSequence))
+    values = {}
+    for item in sr.ContentSequence:
+        _collect_numbers(item, values)
+    for name, prob in expected.class_probs.items():
+        assert any(abs(v - prob) < 1e-4 for k, v in values.items() if name in k.lower()), (name, values)
+    assert "RANDOM WEIGHTS" in str(sr)
+
+
+def _collect_numbers(item, values: dict) -> None:
+    if getattr(item, "ValueType", "") == "NUM":
+        name = item.ConceptNameCodeSequence[0].CodeMeaning
+        values[name] = float(item.MeasuredValueSequence[0].NumericValue)
+    for child in getattr(item, "ContentSequence", []):
+        _collect_numbers(child, values)
+
+
+def test_environment_variables_like_a_map_and_existing_outputs_are_skipped(outputs, checkpoint, tmp_path):
+    out, _ = outputs
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(next(out.glob("seg_binary_*.dcm")), study / "old_seg.dcm")  # a SEG already in the folder
+    shutil.copy(next(out.glob("sr_*.dcm")), study / "old_sr.dcm")
+    data = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
+    shutil.copy(data / "pydicom-data" / "US1_UNCR.dcm", study / "US1_UNCR.dcm")
+    result = run_app(study, tmp_path / "out", checkpoint, env_paths=True)
+    report = json.loads((tmp_path / "out" / "ultraad_run.json").read_text())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report["processed"] == ["US1_UNCR.dcm"] and not report["failed"]
+    assert {s["file"] for s in report["skipped"]} == {"old_seg.dcm", "old_sr.dcm"}
+
+
+def test_cine_every_nth_frame(checkpoint, data_dir, tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(data_dir / "dicom" / "fo-dicom" / "DIRW0007.dcm", study / "cine.dcm")  # 65 frames, JPEG baseline
+    result = run_app(study, tmp_path / "out", checkpoint, "--frame-step", "16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    seg = pydicom.dcmread(next((tmp_path / "out").glob("seg_binary_*.dcm")))
+    frames = [int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+              for f in seg.PerFrameFunctionalGroupsSequence]
+    assert frames == [1, 17, 33, 49, 65]
+
+
+def test_deterministic_uids_reproduce_the_same_files(study, checkpoint, outputs, tmp_path):
+    out, _ = outputs
+    run_app(study, tmp_path, checkpoint)
+    assert sorted(p.name for p in tmp_path.glob("*.dcm")) == sorted(p.name for p in out.glob("*.dcm"))
+
+
+def test_bad_model_path_fails_clearly(study, tmp_path):
+    result = run_app(study, tmp_path / "out", tmp_path / "missing-model")
+    assert result.returncode == 2
+    text = result.stdout + result.stderr
+    assert "missing-model" in text and ("No such file" in text or "model path not found" in text)
+    assert not list((tmp_path / "out").glob("*.dcm"))
+
+
+def test_model_folder_without_checkpoint_fails_clearly(study, tmp_path):
+    (tmp_path / "models").mkdir()
+    result = run_app(study, tmp_path / "out", tmp_path / "models")
+    assert result.returncode == 2 and "no model.pt in model folder" in result.stderr
+    assert not list((tmp_path / "out").glob("*.dcm"))
