@@ -1,0 +1,104 @@
+"""Latency of the deploy app's per-image work: decode, UltraAD, SEG + SR + overlay writing.
+
+Measures a single-frame ultrasound image and the 65-frame cine loop of ../shared/data/dicom (fo-dicom/DIRW0007.dcm,
+JPEG baseline), in process, stage by stage (the app's operators call exactly these functions). Prints a table;
+writes DICOM objects only into a temporary folder.
+
+    python -m benchmarks.deploy_latency --backbone ViT-L-14-336 --repeats 3
+    python -m benchmarks.deploy_latency --checkpoint bundle/models/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+
+from monai_ultraad import engine
+from monai_ultraad.data import default_data_dir
+from monai_ultraad.dicom.inference import predict_frames
+from monai_ultraad.dicom.reader import read_ultrasound
+from monai_ultraad.dicom.writers import AlgorithmInfo, FramePrediction, UIDFactory, write_overlay, write_report, write_segmentations
+from monai_ultraad.networks import ClipBackbone, UltraAD
+from monai_ultraad.visualize import overlay_heatmap
+
+CASES = {"single frame (US1_UNCR, 480x640 RGB)": "pydicom-data/US1_UNCR.dcm",
+         "65-frame cine (DIRW0007, 456x576 JPEG)": "fo-dicom/DIRW0007.dcm"}
+
+
+def build_model(args) -> UltraAD:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if args.checkpoint:
+            return engine.load_checkpoint(args.checkpoint, allow_random_init=True, device=args.device)[0]
+        layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
+        backbone = ClipBackbone(args.backbone, None, layers, allow_random_init=True) if layers else \
+            ClipBackbone(args.backbone, None, allow_random_init=True)
+        model = UltraAD(backbone).to(args.device).eval()
+        feats = backbone.encode_image(torch.randn(3, 3, backbone.image_size, backbone.image_size, device=args.device))
+        model.setup_memory(feats, torch.tensor([0, 1, 2]))
+        return model
+
+
+def run_case(model, path: Path, out: Path, args) -> dict[str, float]:
+    times = {}
+    t = time.perf_counter()
+    image = read_ultrasound(path, frame_step=args.frame_step)
+    times["decode"] = time.perf_counter() - t
+    t = time.perf_counter()
+    results = predict_frames(model, image.frames, image.frame_numbers, image.tissue_regions, batch_size=args.batch_size)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    times["UltraAD"] = time.perf_counter() - t
+    algorithm = AlgorithmInfo(version="bench", backbone=model.backbone.model_name, weights_id=model.backbone.weights_id,
+                              checkpoint_sha256="0" * 64, random_weights=model.random_weights)
+    preds = [FramePrediction(r.frame_number, r.heatmap, r.class_probs, r.anomaly_score) for r in results]
+    source = pydicom.dcmread(path)
+    uids = UIDFactory(None)
+    t = time.perf_counter()
+    _, binary = write_segmentations(source, preds, 0.5, out, algorithm, uids)
+    write_report(source, pydicom.dcmread(binary), preds, 0.5, out, algorithm, uids)
+    overlays = np.stack([overlay_heatmap(image.frames[i], r.heatmap, threshold=0.5) for i, r in enumerate(results)])
+    write_overlay(source, overlays, out, algorithm, uids, frame_numbers=[r.frame_number for r in results])
+    times["write SEG+SR+SC"] = time.perf_counter() - t
+    times["total"] = sum(times.values())
+    times["frames"] = len(results)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="UltraAD-Tiny-ViT")
+    parser.add_argument("--layers", default=None, help="1-based blocks (default: paper's; tiny: 1,2,3,4)")
+    parser.add_argument("--checkpoint", default=None, help="a trained checkpoint instead of a random head")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--frame_step", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    if args.backbone == "UltraAD-Tiny-ViT" and not args.layers:
+        args.layers = "1,2,3,4"
+    model = build_model(args)
+    data = default_data_dir() / "dicom"
+    print(f"backbone {model.backbone.model_name} ({model.backbone.weights_id}) on {args.device}, "
+          f"{torch.get_num_threads()} threads, batch {args.batch_size}, frame step {args.frame_step}")
+    print("| case | frames | decode s | UltraAD s | write s | total s | per frame ms |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, rel in CASES.items():
+            runs = [run_case(model, data / rel, Path(tmp), args) for _ in range(args.repeats)]
+            mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+            std = float(np.std([r["total"] for r in runs]))
+            print(f"| {name} | {int(mean['frames'])} | {mean['decode']:.2f} | {mean['UltraAD']:.2f} | "
+                  f"{mean['write SEG+SR+SC']:.2f} | {mean['total']:.2f} ± {std:.2f} | "
+                  f"{1000 * mean['total'] / mean['frames']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
