@@ -41,7 +41,7 @@ from monai_ultraad.data.transforms import (
 )
 from monai_ultraad.errors import InputDataError, WeightsError
 from monai_ultraad.features import FeatureStore, default_cache_dir
-from monai_ultraad.io_utils import atomic_write_bytes
+from monai_ultraad.io_utils import atomic_write_bytes, to_jsonable
 from monai_ultraad.losses import UltraADLoss
 from monai_ultraad.metrics import UltraADEvaluator, best_threshold
 from monai_ultraad.networks.backbone import ClipBackbone, VisualFeatures
@@ -393,7 +393,7 @@ def save_checkpoint(
         "train_config": asdict(train_config) if train_config else None,
         "split": split,
         "best_epoch": fit_result.best_epoch if fit_result else None,
-        "val_metrics": _jsonable(fit_result.val_metrics) if fit_result else None,
+        "val_metrics": to_jsonable(fit_result.val_metrics) if fit_result else None,  # plain types: weights_only load
         "random_weights": model.random_weights,
         "versions": {
             "monai_ultraad": monai_ultraad.__version__,
@@ -402,7 +402,7 @@ def save_checkpoint(
             "python": platform.python_version(),
         },
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "extra": extra or {},
+        "extra": to_jsonable(extra or {}),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -546,19 +546,6 @@ def load_head(model: UltraAD, checkpoint: dict[str, Any] | str | os.PathLike, so
         )
     model.load_head_state_dict(payload["head_state"])
     return payload
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain Python types only, so the checkpoint loads with weights_only=True."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
 
 
 __all__ = [

@@ -149,7 +149,7 @@ class FewShotCheckpointSaver:
         extra = {**self.extra, "bundle_train_config": self.train_config, "notes": notes,
                  "best_val_score": self.keeper.best_score if self.keeper else None}
         save_checkpoint(self.save_path, self.network, threshold=self.threshold, train_config=config, split=split,
-                        extra=_plain(extra))
+                        extra=extra)
         payload_epoch = {"best_epoch": best_epoch, "threshold": self.threshold}
         logger.info("saved %s (best epoch %d, validation threshold %.3f)", self.save_path, best_epoch, self.threshold)
         engine.state.ultraad_checkpoint = {"path": str(self.save_path), **payload_epoch}
@@ -196,18 +196,6 @@ class EvaluationReportWriter:
         logger.info("evaluation: " + ", ".join(
             f"{k}={result.get(k, float('nan')):.3f}" for k in ("image_auroc", "cls_auroc_macro", "pixel_auroc", "dice")
         ))
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    return str(obj)
 
 
 __all__ = ["BestHeadKeeper", "EvaluationReportWriter", "FewShotCheckpointSaver", "UltraADMetric"]

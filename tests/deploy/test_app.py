@@ -106,16 +106,22 @@ def test_every_object_passes_dciodvfy_and_dcmdump(outputs):
         assert subprocess.run(["dcmdump", str(path)], capture_output=True).returncode == 0
 
 
-def test_seg_values_equal_the_model_output(outputs, study, checkpoint):
+@pytest.fixture(scope="module")
+def expected(study, checkpoint):
+    """The model's own answer for the wrapped bus_uclm image, computed here, outside the app."""
     from monai_ultraad.dicom.inference import predict_frames
     from monai_ultraad.dicom.reader import read_ultrasound
 
-    out, _ = outputs
     source = read_ultrasound(study / "uclm.dcm")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, payload = engine.load_checkpoint(checkpoint, allow_random_init=True)
-    expected = predict_frames(model, source.frames, source.frame_numbers, source.tissue_regions)[0]
+    return source, predict_frames(model, source.frames, source.frame_numbers, source.tissue_regions)[0], payload
+
+
+def test_seg_values_equal_the_model_output(outputs, expected):
+    out, _ = outputs
+    source, expected, payload = expected
     src_uid = source.dataset.SOPInstanceUID
     fractional = [pydicom.dcmread(p) for p in _by_kind(out, "seg_fractional")]
     seg = next(s for s in fractional if s.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
@@ -138,18 +144,11 @@ def test_seg_values_equal_the_model_output(outputs, study, checkpoint):
     assert binary.SeriesInstanceUID != source.dataset.SeriesInstanceUID
 
 
-def test_sr_reports_the_model_probabilities(outputs, study, checkpoint):
+def test_sr_reports_the_model_probabilities(outputs, expected):
     import highdicom as hd
 
-    from monai_ultraad.dicom.inference import predict_frames
-    from monai_ultraad.dicom.reader import read_ultrasound
-
     out, _ = outputs
-    source = read_ultrasound(study / "uclm.dcm")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, _ = engine.load_checkpoint(checkpoint, allow_random_init=True)
-    expected = predict_frames(model, source.frames, source.frame_numbers, source.tissue_regions)[0]
+    source, expected, _ = expected
     reports = [hd.sr.srread(p) for p in _by_kind(out, "sr")]
     sr = next(r for r in reports if any(e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID ==
                                         source.dataset.SOPInstanceUID
