@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Build the UltraAD MONAI Application Package (MAP) as a container image with podman, without any registry.
+#
+#   sudo deploy_app/map/build_map.sh [TAG]        (default TAG: ultraad-map:0.1.0)
+#   podman run --rm -v IN:/var/holoscan/input:ro -v OUT:/var/holoscan/output -v MODELS:/opt/holoscan/models:ro TAG
+#
+# Steps: (1) podman set up to run here (runc, cgroupfs, no ulimits, host network); (2) a Debian bookworm root made
+# with debootstrap and imported as localdeb:bookworm; (3) the base image (python, CA certificates, CUDA runtime
+# library that holoscan needs to import); (4) the MAP layout with this repository's wheel and the app.
+# Local wheel folders of the host (/opt/wheels, /opt/pypi, /opt/pypi-more), when present, are mounted read-only into
+# the build so that pip takes torch from them instead of downloading it.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+TAG=${1:-ultraad-map:0.1.0}
+# the Debian mirror apt uses here (first URIs:/deb line, comments ignored)
+MIRROR=${DEBIAN_MIRROR:-$( (cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true) \
+    | grep -E '^(URIs:|deb )' | grep -oE 'https?://[^ ]+' | head -n1 || true)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+echo "== 1/4 container engine"
+command -v podman >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; }
+if [ ! -f /etc/containers/containers.conf ] || ! grep -q 'cgroup_manager = "cgroupfs"' /etc/containers/containers.conf; then
+    mkdir -p /etc/containers
+    cat > /etc/containers/containers.conf <<'CONF'
+[containers]
+default_ulimits = []
+netns = "host"
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+CONF
+fi
+
+echo "== 2/4 local Debian base (localdeb:bookworm)"
+if ! podman image exists localdeb:bookworm; then
+    debootstrap --variant=minbase bookworm "$WORK/root" "$MIRROR" >/dev/null
+    tar -C "$WORK/root" -c . | podman import - localdeb:bookworm
+    rm -rf "$WORK/root"
+fi
+
+echo "== 3/4 base image (ultraad-mapbase:bookworm)"
+mkdir -p "$WORK/base"
+cp /usr/local/share/ca-certificates/*.crt "$WORK/base/" 2>/dev/null || cp /etc/ssl/certs/ca-certificates.crt "$WORK/base/host-bundle.crt"
+podman build -q -t ultraad-mapbase:bookworm -f "$HERE/base.Containerfile" "$WORK/base"
+
+echo "== 4/4 MAP image ($TAG)"
+ctx="$WORK/map"
+mkdir -p "$ctx/app" "$ctx/wheels"
+(cd "$REPO/deploy_app" && tar --exclude=__pycache__ --exclude=./map -c .) | tar -C "$ctx/app" -x
+python3 -m pip wheel --no-deps --no-build-isolation -q -w "$ctx/wheels" "$REPO"
+cp "$HERE/tools" "$HERE/app.json" "$HERE/pkg.json" "$ctx/"
+volumes=()
+index=""
+links=""
+for d in /opt/wheels /opt/pypi /opt/pypi-more; do
+    [ -d "$d" ] || continue
+    volumes+=(-v "$d:$d:ro")
+    if [ -d "$d/simple" ]; then index="$index file://$d/simple"; else links="$links $d"; fi
+done
+podman build -t "$TAG" "${volumes[@]}" --build-arg PIP_EXTRA_INDEX_URL="${index# }" \
+    --build-arg PIP_FIND_LINKS="${links# }" -f "$HERE/Containerfile" "$ctx"
+podman image ls "$TAG"
