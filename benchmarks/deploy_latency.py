@@ -24,7 +24,14 @@ from monai_ultraad import engine
 from monai_ultraad.data import default_data_dir
 from monai_ultraad.dicom.inference import predict_frames
 from monai_ultraad.dicom.reader import read_ultrasound
-from monai_ultraad.dicom.writers import AlgorithmInfo, FramePrediction, UIDFactory, write_overlay, write_report, write_segmentations
+from monai_ultraad.dicom.writers import (
+    AlgorithmInfo,
+    FramePrediction,
+    UIDFactory,
+    write_overlay,
+    write_report,
+    write_segmentations,
+)
 from monai_ultraad.networks import ClipBackbone, UltraAD
 from monai_ultraad.visualize import overlay_heatmap
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from app import AppOptions, UltraADApp  # noqa: E402
+from app import AppOptions, UltraADApp
 
-from monai_ultraad.io_utils import atomic_write_json  # noqa: E402
+from monai_ultraad.io_utils import atomic_write_json
 
 
 def split_options(argv: list[str]) -> tuple[AppOptions, list[str]]:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
-
 from operators.overlay_writer import OverlayWriterOperator
 from operators.region_crop import RegionCropOperator
 from operators.run_report import RunReport

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING  # noqa: E402
+from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
 
 __all__ = ["CLASS_NAMES", "RANDOM_WEIGHTS_WARNING", "__version__"]

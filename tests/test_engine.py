@@ -147,7 +147,7 @@ def test_real_bus_uclm_k4_train_and_disjoint_test(data_dir, tiny_backbone, tmp_p
     """k=4 shots per class from bus_uclm, evaluated on patients that gave neither shots nor validation images."""
     items = read_dataset(data_dir / "bus_uclm")
     split = make_fewshot_split(items, k=4, seed=0, max_val_per_class=8)
-    patients = lambda part: {it["patient"] for it in part}  # noqa: E731
+    patients = lambda part: {it["patient"] for it in part}
     assert not patients(split.shots) & patients(split.test)
     assert not patients(split.validation) & patients(split.test)
     rng = np.random.default_rng(0)
@@ -160,3 +160,18 @@ def test_real_bus_uclm_k4_train_and_disjoint_test(data_dir, tiny_backbone, tmp_p
     for key in ("image_auroc", "cls_auroc_macro", "pixel_auroc", "dice", "accuracy", "balanced_accuracy"):
         assert np.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, key
     assert {p["id"] for p in predictions}.isdisjoint({it["id"] for it in split.shots + split.validation})
+
+
+def test_recorded_test_items_never_returns_training_images(split):
+    from monai_ultraad.errors import InputDataError
+
+    payload = {"split": split.to_dict()}
+    items = split.shots + split.validation + split.test
+    chosen = engine.recorded_test_items(payload, items, "auto")  # same dataset: the recorded test images only
+    assert [it["id"] for it in chosen] == [it["id"] for it in split.test]
+    unseen = [{**it, "id": "other/" + it["id"]} for it in split.test]
+    assert len(engine.recorded_test_items(payload, unseen, "auto")) == len(unseen)  # another dataset: all of it
+    with pytest.raises(InputDataError, match="none of the checkpoint's recorded test images"):
+        engine.recorded_test_items(payload, unseen, "test")
+    with pytest.raises(InputDataError, match="split must be"):
+        engine.recorded_test_items(payload, items, "train")

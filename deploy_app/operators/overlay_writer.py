@@ -10,7 +10,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai_ultraad.dicom.writers import write_overlay
 from monai_ultraad.visualize import overlay_heatmap
 
-from ._dicom_outputs import uid_factory, algorithm_info, source_dataset
+from ._dicom_outputs import algorithm_info, source_dataset, uid_factory
 from .run_report import RunReport
 
 

@@ -8,7 +8,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from monai_ultraad.dicom.writers import write_segmentations
 
-from ._dicom_outputs import uid_factory, algorithm_info, frame_predictions, pixel_spacing_mm, source_dataset
+from ._dicom_outputs import algorithm_info, frame_predictions, pixel_spacing_mm, source_dataset, uid_factory
 from .run_report import RunReport
 
 

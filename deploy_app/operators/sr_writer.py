@@ -9,7 +9,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from monai_ultraad.dicom.writers import write_report
 
-from ._dicom_outputs import uid_factory, algorithm_info, frame_predictions, source_dataset
+from ._dicom_outputs import algorithm_info, frame_predictions, source_dataset, uid_factory
 from .run_report import RunReport
 
 

@@ -30,20 +30,18 @@ from monai_ultraad.data.transforms import (
     PREPROCESSING_VERSION,
     ClipNormalized,
     LoadLesionMaskd,
-    apply_pipeline,
-    ultraad_array_preprocessing,
     LoadUltrasoundImaged,
     SquarePadd,
+    apply_pipeline,
     load_image_array,
     load_mask_array,
     map_to_original,
     transform_signature,
+    ultraad_array_preprocessing,
     ultraad_preprocessing,
 )
 
 __all__ = [
-    "apply_pipeline",
-    "ultraad_array_preprocessing",
     "DATASET_FORMATS",
     "LABEL_NAME_KEY",
     "MASK_ENCODING_KEY",
@@ -56,6 +54,7 @@ __all__ = [
     "LoadLesionMaskd",
     "LoadUltrasoundImaged",
     "SquarePadd",
+    "apply_pipeline",
     "check_patient_disjoint",
     "class_index",
     "default_data_dir",
@@ -73,5 +72,6 @@ __all__ = [
     "read_labels_csv",
     "sample_k_shot",
     "transform_signature",
+    "ultraad_array_preprocessing",
     "ultraad_preprocessing",
 ]

@@ -36,8 +36,6 @@ from monai_ultraad.data.datasets import MASK_ENCODING_KEY, RGB_UCLM_ENCODING, uc
 from monai_ultraad.errors import InputDataError, UltraADError
 
 __all__ = [
-    "apply_pipeline",
-    "ultraad_array_preprocessing",
     "OPENAI_DATASET_MEAN",
     "OPENAI_DATASET_STD",
     "PREPROCESSING_VERSION",
@@ -45,11 +43,13 @@ __all__ = [
     "LoadLesionMaskd",
     "LoadUltrasoundImaged",
     "SquarePadd",
+    "apply_pipeline",
     "load_image_array",
     "load_mask_array",
     "map_to_original",
     "square_padding",
     "transform_signature",
+    "ultraad_array_preprocessing",
     "ultraad_preprocessing",
 ]
 

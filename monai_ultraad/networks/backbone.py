@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import open_clip
 import torch
@@ -54,7 +54,7 @@ class VisualFeatures:
     cls_token: torch.Tensor
     patch_tokens: torch.Tensor
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "VisualFeatures":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VisualFeatures:
         return VisualFeatures(self.cls_token.to(device, dtype), self.patch_tokens.to(device, dtype))
 
     def __len__(self) -> int:
@@ -321,7 +321,7 @@ class ClipBackbone(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "ClipBackbone":
+    def train(self, mode: bool = True) -> ClipBackbone:
         # Frozen: always in eval mode (no dropout / patch dropout), whatever the parent module does.
         return super().train(False)
 

@@ -125,9 +125,9 @@ def test_exported_torchscript_matches_the_model(trained):
     root, _, _ = trained
     ok(bundle("run", "exporting", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(root),
               "--backbone", "UltraAD-Tiny-ViT", "--allow_random_init", "True"))
-    from monai_ultraad.engine import load_checkpoint
-
     import warnings
+
+    from monai_ultraad.engine import load_checkpoint
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -105,10 +105,9 @@ def test_backbone_is_frozen(tiny_backbone):
 
 
 def test_bad_feature_layers():
-    with pytest.raises(WeightsError, match="out of range"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ClipBackbone(TINY_BACKBONE, None, feature_layers=(2, 9), allow_random_init=True)
+    with pytest.raises(WeightsError, match="out of range"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ClipBackbone(TINY_BACKBONE, None, feature_layers=(2, 9), allow_random_init=True)
 
 
 def test_truncated_text_encoding_equals_open_clip(tiny_backbone):
