@@ -72,7 +72,7 @@ class FeatureStore:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.progress = progress
-        self.key = {"format": CACHE_FORMAT_VERSION, "backbone": backbone.description, "preprocessing": signature}
+        self.key = {"format": CACHE_FORMAT_VERSION, "backbone": backbone.feature_key, "preprocessing": signature}
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
         self.folder: Path | None = None
         if cache_dir is not None:

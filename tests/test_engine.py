@@ -175,3 +175,17 @@ def test_recorded_test_items_never_returns_training_images(split):
         engine.recorded_test_items(payload, unseen, "test")
     with pytest.raises(InputDataError, match="split must be"):
         engine.recorded_test_items(payload, items, "train")
+
+
+def test_cache_key_follows_the_weights_not_their_path(tiny_backbone, tmp_path):
+    """The same weights at two paths share cache entries; another activation or layer set does not."""
+    import copy
+
+    moved = copy.copy(tiny_backbone)
+    moved.pretrained = "/elsewhere/weights.pt"
+    a = engine.build_store(tiny_backbone, cache_dir=tmp_path, progress=False)
+    b = engine.build_store(moved, cache_dir=tmp_path, progress=False)
+    assert a.folder == b.folder
+    other = copy.copy(tiny_backbone)
+    other.quick_gelu = not tiny_backbone.quick_gelu
+    assert engine.build_store(other, cache_dir=tmp_path, progress=False).folder != a.folder

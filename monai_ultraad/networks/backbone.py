@@ -307,6 +307,8 @@ class ClipBackbone(nn.Module):
             raise WeightsError(f"feature_layers {list(feature_layers)} out of range for {model_name} ({n_blocks} blocks)")
         self.feature_layers = tuple(int(layer) for layer in feature_layers)
         self.visual = visual
+        # the activation changes the features of the same weights (OpenAI weights need QuickGELU)
+        self.quick_gelu = type(visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
         self.text = FrozenTextEncoder(model)
         self.image_size = int(visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size)
         patch = visual.patch_size[0] if isinstance(visual.patch_size, (tuple, list)) else visual.patch_size
@@ -335,7 +337,14 @@ class ClipBackbone(nn.Module):
             "random_weights": self.random_weights,
             "feature_layers": list(self.feature_layers),
             "image_size": self.image_size,
+            "quick_gelu": self.quick_gelu,
         }
+
+    @property
+    def feature_key(self) -> dict:
+        """What determines the image features (not where the weight file lies): the feature-cache key."""
+        d = self.description
+        return {k: d[k] for k in ("model_name", "weights_id", "feature_layers", "image_size", "quick_gelu")}
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> VisualFeatures:
