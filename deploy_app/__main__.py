@@ -51,7 +51,12 @@ def split_options(argv: list[str]) -> tuple[AppOptions, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options, sdk_argv = split_options(list(sys.argv if argv is None else argv))
+    try:
+        options, sdk_argv = split_options(list(sys.argv if argv is None else argv))
+    except (ValueError, StopIteration):
+        print("ultraad deploy app: --frame-step / --max-frames need an integer, --deterministic-uids a seed",
+              file=sys.stderr)
+        return 2
     sys.argv = sdk_argv
     app = UltraADApp(options=options)
     try:

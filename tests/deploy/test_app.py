@@ -216,3 +216,9 @@ def test_model_folder_without_checkpoint_fails_clearly(study, tmp_path):
     result = run_app(study, tmp_path / "out", tmp_path / "models")
     assert result.returncode == 2 and "no model.pt in model folder" in result.stderr
     assert not list((tmp_path / "out").glob("*.dcm"))
+
+
+def test_bad_option_value_fails_clearly(study, checkpoint, tmp_path):
+    result = run_app(study, tmp_path / "out", checkpoint, "--frame-step", "many")
+    assert result.returncode == 2 and "--frame-step" in result.stderr
+    assert not (tmp_path / "out").exists()
