@@ -10,10 +10,10 @@ float16 tensors (halving disk; the head runs in float32) with ``torch.save`` and
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from monai_ultraad.data.transforms import apply_pipeline
 from monai_ultraad.errors import InputDataError
+from monai_ultraad.io_utils import atomic_write_bytes
 from monai_ultraad.networks.backbone import ClipBackbone, VisualFeatures
 
 logger = logging.getLogger(__name__)
@@ -115,15 +116,9 @@ class FeatureStore:
         if path is None:
             self._memory[digest] = feats
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"cls_token": feats.cls_token, "patch_tokens": feats.patch_tokens}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        torch.save({"cls_token": feats.cls_token, "patch_tokens": feats.patch_tokens}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
 
     # ------------------------------------------------------------------ public API
     def compute(self, images: torch.Tensor) -> VisualFeatures:

@@ -15,11 +15,17 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
-from monai_ultraad.engine import SELECTION_METRICS, TrainConfig, _selection_score, choose_threshold, save_checkpoint
+from monai_ultraad.engine import (
+    SELECTION_METRICS,
+    TrainConfig,
+    _selection_score,
+    choose_threshold,
+    save_checkpoint,
+    validation_batches,
+)
 from monai_ultraad.engines.datasets import EvalFeatureDataset
 from monai_ultraad.io_utils import atomic_write_json
 from monai_ultraad.metrics import UltraADEvaluator
-from monai_ultraad.networks.backbone import VisualFeatures
 from monai_ultraad.networks.ultraad import UltraAD
 from monai_ultraad.visualize import plot_prediction_rocs
 
@@ -135,12 +141,7 @@ class FewShotCheckpointSaver:
             notes.append("no validation score: the last epoch was kept")
         batches = []
         if self.validation is not None and len(self.validation):
-            items = [self.validation[i] for i in range(len(self.validation))]
-            for start in range(0, len(items), 32):
-                chunk = items[start : start + 32]
-                feats = VisualFeatures(torch.stack([c["cls_token"] for c in chunk]),
-                                       torch.stack([c["patch_tokens"] for c in chunk]))
-                batches.append((feats, [c["sample"] for c in chunk]))
+            batches = validation_batches(self.validation.data, self.validation.store)
         self.threshold, threshold_notes = choose_threshold(self.network, batches)
         notes += threshold_notes
         known = set(TrainConfig.__dataclass_fields__)
@@ -150,9 +151,9 @@ class FewShotCheckpointSaver:
                  "best_val_score": self.keeper.best_score if self.keeper else None}
         save_checkpoint(self.save_path, self.network, threshold=self.threshold, train_config=config, split=split,
                         extra=extra)
-        payload_epoch = {"best_epoch": best_epoch, "threshold": self.threshold}
         logger.info("saved %s (best epoch %d, validation threshold %.3f)", self.save_path, best_epoch, self.threshold)
-        engine.state.ultraad_checkpoint = {"path": str(self.save_path), **payload_epoch}
+        engine.state.ultraad_checkpoint = {"path": str(self.save_path), "best_epoch": best_epoch,
+                                           "threshold": self.threshold}
 
 
 class EvaluationReportWriter:
