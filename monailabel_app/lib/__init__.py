@@ -1,0 +1,1 @@
+"""UltraAD MONAI Label app library: configs, infer/train tasks, next-image strategy, ultrasound datastores."""

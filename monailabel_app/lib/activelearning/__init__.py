@@ -1,0 +1,3 @@
+from lib.activelearning.uncertain import MostUncertain
+
+__all__ = ["MostUncertain"]

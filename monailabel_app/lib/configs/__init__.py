@@ -1,0 +1,3 @@
+from lib.configs.ultraad import ModelProvider, UltraADSettings
+
+__all__ = ["ModelProvider", "UltraADSettings"]

@@ -1,0 +1,3 @@
+from lib.infers.ultraad import UltraADInfer
+
+__all__ = ["UltraADInfer"]

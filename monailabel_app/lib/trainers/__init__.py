@@ -1,0 +1,3 @@
+from lib.trainers.ultraad import UltraADTrain
+
+__all__ = ["UltraADTrain"]
