@@ -12,6 +12,7 @@ from fastapi import HTTPException
 BAD_REQUEST = 400  # a corrupt or inconsistent upload
 NOT_FOUND = 404  # unknown image id
 UNPROCESSABLE = 422  # an image that exists but cannot be analysed (multi-frame, undecodable DICOM, ...)
+BAD_GATEWAY = 502  # the PACS answered, but with an error (e.g. a transfer syntax it cannot send)
 PACS_UNAVAILABLE = 503  # the DICOMweb server does not answer
 
 

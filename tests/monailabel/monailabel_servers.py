@@ -105,11 +105,11 @@ class Orthanc:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: http("GET", f"{self.url}/system", timeout=2)[0] == 200, 60, "Orthanc", self.proc, self.log)
 
-    def upload(self, path: Path) -> dict:
+    def upload(self, path: Path) -> tuple[int, dict]:
+        """POST /instances (Orthanc's REST API): (HTTP status, Orthanc's answer)."""
         status, body, _ = http("POST", f"{self.url}/instances", data=path.read_bytes(),
                                headers={"Content-Type": "application/dicom"})
-        assert status == 200, f"Orthanc refused {path.name}: {status} {body[:200]!r}"
-        return json.loads(body)
+        return status, json.loads(body)
 
     def stop(self) -> None:
         stop(self.proc)
@@ -122,6 +122,7 @@ class MonaiLabelServer:
         python = VENV / "bin" / "python"
         if not python.exists():
             missing(f"MONAI Label environment not found at {VENV}: build it with scripts/make_monailabel_venv.sh")
+        folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model_dir = folder / "model"

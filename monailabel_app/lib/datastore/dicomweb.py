@@ -13,6 +13,7 @@ Found by running MONAI Label 0.8.5 against Orthanc with the 29 real US files in 
   make a SEG of a 2D ultrasound image without patient geometry, so every label would have been lost. Here the
   label is kept in the local cache first (validated, atomic); the SEG push is tried afterwards and its outcome is
   recorded in the label's info (``pacs_seg``); training reads the cache.
+* Orthanc's WADO-RS cannot send JPEG XL (will-jxl.dcm): an error answer of the PACS is a 502 naming the series.
 * Every request to the PACS has a timeout, and an unreachable PACS is a 503 that names it (no patient data).
 """
 
@@ -33,7 +34,7 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.datastore.labels import store_label_atomically, validate_label
-from lib.errors import NOT_FOUND, PACS_UNAVAILABLE, UNPROCESSABLE, http_error
+from lib.errors import BAD_GATEWAY, NOT_FOUND, PACS_UNAVAILABLE, UNPROCESSABLE, http_error
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,16 @@ class UltrasoundDICOMwebDatastore(DICOMWebDatastore):
         try:
             if not series_dir.is_dir() or not any(series_dir.iterdir()):
                 dicom_web_download_series(None, image_id, str(series_dir), self._client, self._fetch_by_frame)
-        except requests.RequestException as exc:
+        except requests.HTTPError as exc:
             shutil.rmtree(series_dir, ignore_errors=True)  # no half-downloaded series left to be mistaken for whole
+            code = exc.response.status_code if exc.response is not None else "?"
+            raise http_error(
+                BAD_GATEWAY,
+                f"PACS {self._client.base_url} answered HTTP {code} when asked for series {image_id}: it cannot "
+                "send this object over DICOMweb (e.g. a transfer syntax it cannot transcode, such as JPEG XL)",
+            ) from None
+        except requests.RequestException as exc:
+            shutil.rmtree(series_dir, ignore_errors=True)
             raise _pacs_error(self._client.base_url, exc) from None
         files = sorted(series_dir.iterdir())
         if len(files) != 1:
