@@ -7,7 +7,7 @@ few-shot retraining from the radiologist's labels.
 
 Models: infer ``ultraad``, train ``ultraad``, strategies ``most_uncertain`` and ``random``. Conf keys: see
 lib/configs/ultraad.py; ``dicomweb_modality`` (default US) filters the PACS series, ``dicomweb_timeout`` (seconds,
-default 30) bounds every PACS request. Errors reach the client as HTTP 4xx/503 with a message (lib/errors.py).
+default 30) bounds every PACS request. Errors reach the client as HTTP 4xx/502/503 with a message (lib/errors.py).
 """
 
 from __future__ import annotations
@@ -18,12 +18,6 @@ from typing import Any
 
 import requests
 from fastapi import HTTPException
-from monailabel.config import settings
-from monailabel.datastore.dicom import DICOMwebClientX
-from monailabel.interfaces.app import MONAILabelApp
-from monailabel.tasks.activelearning.random import Random
-
-import monai_ultraad
 from lib.activelearning import MostUncertain
 from lib.configs import ModelProvider, UltraADSettings
 from lib.configs.ultraad import torch_threads
@@ -33,6 +27,12 @@ from lib.errors import NOT_FOUND, PACS_UNAVAILABLE, UNPROCESSABLE, http_error
 from lib.imageio import LABELS
 from lib.infers import UltraADInfer
 from lib.trainers import UltraADTrain
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMwebClientX
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.random import Random
+
+import monai_ultraad
 from monai_ultraad.errors import UltraADError
 
 logger = logging.getLogger(__name__)
@@ -104,9 +104,8 @@ class MyApp(MONAILabelApp):
         ds = datastore or self.datastore()
         image = request.get("image")
         try:
-            if isinstance(image, str) and not os.path.exists(image):
-                if image not in ds.list_images():
-                    raise http_error(NOT_FOUND, f"image {image!r} is not in the datastore")
+            if isinstance(image, str) and not os.path.exists(image) and image not in ds.list_images():
+                raise http_error(NOT_FOUND, f"image {image!r} is not in the datastore")
             result = super().infer(request, datastore)
         except HTTPException:
             raise

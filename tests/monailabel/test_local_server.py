@@ -94,7 +94,7 @@ def test_unknown_image_is_404_with_reason(server):
 
 
 def test_labels_are_saved_and_bad_uploads_rejected_without_loss(server, studies):
-    root, folder, labelled, _ = studies
+    _, folder, labelled, _ = studies
     for i, (stem, row, path) in enumerate(labelled):
         params = {"class": row["label"]} if i % 2 else {}  # half by params, half by the label's values
         status, body, _ = server.put_label(stem, path, params)

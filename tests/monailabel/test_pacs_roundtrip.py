@@ -127,7 +127,7 @@ def test_label_train_deploy_and_store_results_back(server, pacs, tmp_path):
         status, content, _ = http("GET", f"{orthanc.url}/instances/{instance}/file")
         (study_dir / f"{instance}.dcm").write_bytes(content)
     run = subprocess.run([sys.executable, str(REPO / "deploy_app"), "-i", str(study_dir), "-o", str(out_dir),
-                          "-m", str(checkpoint), "--allow-random-init"], capture_output=True, text=True, timeout=600,
+                          "-m", str(checkpoint), "--allow-random-init"], check=False, capture_output=True, text=True, timeout=600,
                          cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert run.returncode == 0, run.stderr[-2000:]
     outputs = sorted(out_dir.glob("*.dcm"))

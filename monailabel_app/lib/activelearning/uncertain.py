@@ -56,8 +56,8 @@ class MostUncertain(Strategy):
                 scores[image_id] = normalised_entropy(probs)
                 try:
                     datastore.update_image_info(image_id, {INFO_KEY: {"model": version, "value": scores[image_id]}})
-                except Exception:  # noqa: BLE001 - remembering is an optimisation only
-                    pass
+                except Exception as exc:  # noqa: BLE001 - remembering is an optimisation only
+                    logger.debug("could not remember the score of %s: %s", image_id, exc)
         if not scores:
             return {}
         best = max(scores, key=lambda i: (scores[i], i))

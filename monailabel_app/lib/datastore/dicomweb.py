@@ -90,7 +90,8 @@ class UltrasoundDICOMwebDatastore(DICOMWebDatastore):
                 UNPROCESSABLE,
                 f"series {image_id} holds {len(files)} objects; the app reads one 2D ultrasound image per series",
             )
-        tmp = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+        fd, tmp = tempfile.mkstemp(suffix=".nii.gz")
+        os.close(fd)
         try:
             reader = sitk.ImageFileReader()
             reader.SetImageIO("GDCMImageIO")
@@ -147,6 +148,10 @@ class UltrasoundDICOMwebDatastore(DICOMWebDatastore):
                 return {"stored": True, "series": dicom_web_upload_dcm(seg, self._client)}
             finally:
                 os.unlink(seg)
+        except FileNotFoundError:  # run_command does not fail when the tool does; its missing output says so
+            reason = "dcmqi itkimage2segimage produced no DICOM SEG for this image (see the server log)"
+            logger.warning("label of %s kept locally; DICOM SEG not stored in the PACS: %s", image_id, reason)
+            return {"stored": False, "reason": reason}
         except Exception as exc:  # noqa: BLE001 - the label is kept locally; the reason is recorded, not raised
             reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
             logger.warning("label of %s kept locally; DICOM SEG not stored in the PACS: %s", image_id, reason)

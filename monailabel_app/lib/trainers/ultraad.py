@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -121,7 +122,7 @@ class UltraADTrain(TrainTask):
             "skipped": skipped,
             "best_epoch": result.best_epoch,
             "threshold": result.threshold,
-            "val_metrics": {k2: (None if v != v else v) for k2, v in result.val_metrics.items() if isinstance(v, (int, float))},
+            "val_metrics": {k2: (None if math.isnan(v) else v) for k2, v in result.val_metrics.items() if isinstance(v, (int, float))},
             "notes": result.notes,
             "fit_seconds": round(fit_seconds, 3),
             "total_seconds": round(time.perf_counter() - start, 3),
