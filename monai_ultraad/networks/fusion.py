@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -28,6 +30,25 @@ class PatchLanguageFusion(nn.Module):
         nn.init.zeros_(self.attention.out_proj.bias)
 
     def forward(self, prototypes: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """(B, 2, D) prototypes, (B, N, D) patches -> (B, 2, D) fused, normalised prototypes."""
-        attended, _ = self.attention(prototypes, patches, patches, need_weights=False)
+        """(B, 2, D) prototypes, (B, N, D) patches -> (B, 2, D) fused, normalised prototypes.
+
+        Computes exactly :class:`torch.nn.MultiheadAttention` with this module's weights, but reassociated for few
+        queries and many keys: the key projection is applied to the queries (``q W_k`` instead of ``W_k t`` for
+        every patch t; the key bias adds the same constant to every score and cancels in the softmax) and the value
+        projection to the attention-pooled patches (the weights sum to one, so the value bias passes through).
+        Nothing of size N x D x D is ever formed: a ViT-L training step on CPU is several times faster, and the
+        parameters (and checkpoints) are those of ``nn.MultiheadAttention``.
+        """
+        attn = self.attention
+        batch, n_protos, dim = prototypes.shape
+        heads = attn.num_heads
+        head_dim = dim // heads
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, _, b_v = attn.in_proj_bias.chunk(3)
+        q = (prototypes @ w_q.T + b_q).view(batch, n_protos, heads, head_dim)
+        q_in_patch_space = torch.einsum("bpmh,mhd->bpmd", q, w_k.view(heads, head_dim, dim))
+        scores = torch.einsum("bpmd,bnd->bpmn", q_in_patch_space, patches) / math.sqrt(head_dim)
+        pooled = torch.einsum("bpmn,bnd->bpmd", scores.softmax(dim=-1), patches)
+        values = torch.einsum("bpmd,mhd->bpmh", pooled, w_v.view(heads, head_dim, dim)) + b_v.view(heads, head_dim)
+        attended = attn.out_proj(values.reshape(batch, n_protos, dim))
         return F.normalize(prototypes + attended, dim=-1)

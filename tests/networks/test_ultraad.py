@@ -174,3 +174,15 @@ def test_loss_parts_and_weights(model):
     torch.testing.assert_close(seg_only["loss"], seg_only["seg_loss"])
     with pytest.raises(ValueError, match="masks must have shape"):
         UltraADLoss()(out, masks[:, 0], labels)
+
+
+def test_fusion_equals_multihead_attention():
+    """The reassociated fusion computes exactly nn.MultiheadAttention with the same (trained-looking) weights."""
+    torch.manual_seed(0)
+    fusion = PatchLanguageFusion(64, 8)
+    for p in fusion.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    prototypes, patches = torch.randn(3, 2, 64), torch.randn(3, 50, 64)
+    attended, _ = fusion.attention(prototypes, patches, patches, need_weights=False)
+    expected = F.normalize(prototypes + attended, dim=-1)
+    torch.testing.assert_close(fusion(prototypes, patches), expected, atol=1e-5, rtol=1e-5)

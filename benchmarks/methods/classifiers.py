@@ -1,0 +1,200 @@
+"""Few-shot CLIP classifiers on the class token: linear probe, LP++, Tip-Adapter(-F), CLIP-Adapter.
+
+They classify the image into the fine-grained classes; their anomaly score is 1 - P(normal). None of them
+localises, so their pixel metrics are reported as not applicable.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+from torch.nn import functional as F
+
+from benchmarks.methods.base import FitData, Method, MethodCard, Prediction
+from benchmarks.methods.common import (
+    LOGIT_SCALE,
+    class_text,
+    normalised_cls,
+    probs_from_logits,
+    train_minibatches,
+    val_nll,
+)
+from monai_ultraad.networks import VisualFeatures
+
+_CLASSIFIER_SCORE = "1 - P(normal)"
+
+
+class LinearProbe(Method):
+    """CLIP's linear probe (Radford et al., 2021): L2-regularised logistic regression on the normalised class token,
+    its regularisation strength C chosen on validation log-likelihood."""
+
+    name = "linear probe"
+    card = MethodCard("few-shot classifier", _CLASSIFIER_SCORE, "none", "n/a",
+                      "multinomial logistic regression", "Radford et al., CLIP, ICML 2021")
+    C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+    def fit(self, data: FitData) -> dict[str, Any]:
+        x, y = normalised_cls(data.shots).numpy(), data.labels.numpy()
+        vx, vy = normalised_cls(data.val_features).numpy(), data.val_labels.numpy()
+        best = None
+        for c in self.C_GRID:
+            clf = LogisticRegression(C=c, max_iter=2000, random_state=data.seed).fit(x, y)
+            logits = torch.as_tensor(clf.predict_log_proba(vx))
+            full = self._full_logits(clf, logits)
+            nll = val_nll(full, torch.as_tensor(vy))
+            if best is None or nll < best[0]:
+                best = (nll, c, clf)
+        self.clf = best[2]
+        return {"C": best[1], "val_nll": best[0]}
+
+    def _full_logits(self, clf: LogisticRegression, log_probs: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities in CLASS_NAMES order (a class missing from the shots gets -inf)."""
+        out = torch.full((log_probs.shape[0], len(self.class_names)), -1e4, dtype=torch.float64)
+        out[:, torch.as_tensor(clf.classes_)] = log_probs.double()
+        return out
+
+    @torch.no_grad()
+    def predict(self, features: VisualFeatures) -> Prediction:
+        log_probs = torch.as_tensor(self.clf.predict_log_proba(normalised_cls(features).numpy()))
+        probs, score = probs_from_logits(self._full_logits(self.clf, log_probs))
+        return Prediction(score, probs)
+
+
+class LPPlusPlus(Method):
+    """LP++ (Huang et al., CVPR 2024): a linear probe whose class weights are blended with the class text,
+    ``logits = f W^T + alpha * (f T^T)`` with per-class blending ``alpha``; ``W`` starts at the class means of the
+    shots, ``alpha`` at 1.
+
+    LP++ fits this objective with block majorise-minimise steps and data-driven step sizes; here the same objective
+    is minimised with full-batch Adam, the number of steps chosen on validation log-likelihood.
+    """
+
+    name = "LP++"
+    card = MethodCard("few-shot classifier", _CLASSIFIER_SCORE, "none", "n/a",
+                      "text-blended linear probe", "Huang et al., LP++, CVPR 2024",
+                      notes=["Adam on LP++'s objective instead of its majorise-minimise solver"])
+    STEPS = (50, 100, 200, 400)
+
+    def _logits(self, f: torch.Tensor) -> torch.Tensor:
+        return LOGIT_SCALE * (f @ self.weight.T + self.alpha * (f @ self.text.T))
+
+    def fit(self, data: FitData) -> dict[str, Any]:
+        f, y = normalised_cls(data.shots), data.labels
+        vf, vy = normalised_cls(data.val_features), data.val_labels
+        self.text = class_text(self.backbone, self.class_names)
+        means = torch.stack([f[y == c].mean(dim=0) if (y == c).any() else torch.zeros(f.shape[1])
+                             for c in range(len(self.class_names))])
+        self.weight = nn.Parameter(F.normalize(means, dim=-1) * 0.1)
+        self.alpha = nn.Parameter(torch.ones(len(self.class_names)))
+        optimizer = torch.optim.Adam([self.weight, self.alpha], lr=1e-3)
+        best = (float("inf"), 0, None)
+        for step in range(1, max(self.STEPS) + 1):
+            loss = F.cross_entropy(self._logits(f), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step in self.STEPS:
+                with torch.no_grad():
+                    nll = val_nll(self._logits(vf), vy)
+                if nll < best[0]:
+                    best = (nll, step, (self.weight.detach().clone(), self.alpha.detach().clone()))
+        self.weight, self.alpha = (nn.Parameter(t) for t in best[2])
+        return {"steps": best[1], "val_nll": best[0]}
+
+    @torch.no_grad()
+    def predict(self, features: VisualFeatures) -> Prediction:
+        probs, score = probs_from_logits(self._logits(normalised_cls(features)))
+        return Prediction(score, probs)
+
+
+class TipAdapter(Method):
+    """Tip-Adapter (Zhang et al., ECCV 2022): zero-shot CLIP logits plus a key-value cache of the shots,
+    ``100 f T^T + alpha exp(-beta (1 - f K^T)) V``. ``alpha`` and ``beta`` are searched on the validation set
+    (the paper searches them on its test set, which this benchmark never does). ``finetune=True`` gives
+    Tip-Adapter-F: the keys are trained for 20 epochs first."""
+
+    name = "Tip-Adapter"
+    finetune = False
+    card = MethodCard("few-shot classifier", _CLASSIFIER_SCORE, "none", "n/a",
+                      "zero-shot text + training-free shot cache", "Zhang et al., Tip-Adapter, ECCV 2022")
+    ALPHAS = (0.5, 1.0, 2.0, 5.0)
+    BETAS = (1.0, 3.0, 5.5, 8.0)
+
+    def _logits(self, f: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+        affinity = f @ F.normalize(self.keys, dim=-1).T
+        return LOGIT_SCALE * f @ self.text.T + alpha * torch.exp(-beta * (1.0 - affinity)) @ self.values
+
+    def fit(self, data: FitData) -> dict[str, Any]:
+        f, y = normalised_cls(data.shots), data.labels
+        self.text = class_text(self.backbone, self.class_names)
+        self.values = F.one_hot(y, len(self.class_names)).float()
+        self.keys = nn.Parameter(f.clone())
+        info: dict[str, Any] = {}
+        if self.finetune:
+            history = train_minibatches(
+                [self.keys], lambda idx: F.cross_entropy(self._logits(f[idx], 1.0, 5.5), y[idx]),
+                len(y), epochs=20, seed=data.seed, batch_size=16, lr=1e-3, weight_decay=0.0)
+            info["final_loss"] = history[-1]
+        vf, vy = normalised_cls(data.val_features), data.val_labels
+        with torch.no_grad():
+            scored = [(val_nll(self._logits(vf, a, b), vy), a, b) for a, b in itertools.product(self.ALPHAS, self.BETAS)]
+        nll, self.alpha, self.beta = min(scored)
+        return {**info, "alpha": self.alpha, "beta": self.beta, "val_nll": nll}
+
+    @torch.no_grad()
+    def predict(self, features: VisualFeatures) -> Prediction:
+        probs, score = probs_from_logits(self._logits(normalised_cls(features), self.alpha, self.beta))
+        return Prediction(score, probs)
+
+
+class TipAdapterF(TipAdapter):
+    name = "Tip-Adapter-F"
+    finetune = True
+    card = MethodCard("few-shot classifier", _CLASSIFIER_SCORE, "none", "n/a",
+                      "zero-shot text + fine-tuned shot cache (20 epochs)", "Zhang et al., Tip-Adapter, ECCV 2022")
+
+
+class CLIPAdapter(Method):
+    """CLIP-Adapter (Gao et al., IJCV 2023): a bottleneck MLP on the class token, blended residually
+    (ratio 0.2) and compared with the class text; trained with cross-entropy, epochs chosen on validation."""
+
+    name = "CLIP-Adapter"
+    card = MethodCard("few-shot classifier", _CLASSIFIER_SCORE, "none", "n/a",
+                      "residual MLP adapter on the class token", "Gao et al., CLIP-Adapter, IJCV 2023")
+    RATIO = 0.2
+    EPOCHS = 60
+
+    def _logits(self, f: torch.Tensor) -> torch.Tensor:
+        adapted = F.normalize(self.RATIO * self.mlp(f) + (1 - self.RATIO) * f, dim=-1)
+        return LOGIT_SCALE * adapted @ self.text.T
+
+    def fit(self, data: FitData) -> dict[str, Any]:
+        f, y = normalised_cls(data.shots), data.labels
+        vf, vy = normalised_cls(data.val_features), data.val_labels
+        self.text = class_text(self.backbone, self.class_names)
+        dim = f.shape[1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(data.seed)
+            self.mlp = nn.Sequential(nn.Linear(dim, dim // 4, bias=False), nn.ReLU(inplace=True),
+                                     nn.Linear(dim // 4, dim, bias=False), nn.ReLU(inplace=True))
+        best = (float("inf"), 0, None)
+        for chunk in range(1, self.EPOCHS // 10 + 1):
+            train_minibatches(self.mlp.parameters(), lambda idx: F.cross_entropy(self._logits(f[idx]), y[idx]),
+                              len(y), epochs=10, seed=data.seed + chunk, batch_size=8, lr=1e-3)
+            with torch.no_grad():
+                nll = val_nll(self._logits(vf), vy)
+            if nll < best[0]:
+                best = (nll, chunk * 10, {k: v.clone() for k, v in self.mlp.state_dict().items()})
+        self.mlp.load_state_dict(best[2])
+        return {"epochs": best[1], "val_nll": best[0]}
+
+    @torch.no_grad()
+    def predict(self, features: VisualFeatures) -> Prediction:
+        probs, score = probs_from_logits(self._logits(normalised_cls(features)))
+        return Prediction(score, probs)
+
+

@@ -1,0 +1,96 @@
+"""The CI smoke benchmark: every method, tiny random backbone, k=4, one seed, real BUS-UCLM and BUS-BRA subsets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import run as bench
+from benchmarks.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "benchmarks" / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(data_dir, synthetic_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "smoke"
+    cache = tmp_path_factory.mktemp("bench-cache")
+    argv = ["--config", str(SMOKE), "--out", str(out), "--cache-dir", str(cache), "--data-dir", str(data_dir),
+            "--target", f"synthetic={synthetic_dataset}"]
+    assert bench.main(argv) == 0
+    return out, cache, argv
+
+
+@pytest.mark.realdata
+def test_smoke_outputs(smoke_run):
+    out, _, _ = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["run"]["random_weights"] is True
+    summary = results["summary"]
+    assert set(summary) == {"bus_uclm_test", "bus_bra", "synthetic"}
+    names = {cls.name for cls in METHODS.values()}
+    for target in summary:
+        assert set(summary[target]) == names, target
+    uclm = summary["bus_uclm_test"]
+    # in-domain: every method with an image score has a defined image AUROC; classifiers have no pixel metrics
+    assert 0.0 <= uclm["UltraAD"]["4"]["image_auroc"]["mean"] <= 1.0
+    assert 0.0 <= uclm["UltraAD"]["4"]["pixel_auroc"]["mean"] <= 1.0
+    assert "pixel_auroc" not in uclm["linear probe"]["4"]
+    assert "cls_auroc_macro" not in uclm["April-GAN"]["4"]
+    assert "image_auroc" not in uclm["UltraAD w/o multitask"]["4"]
+    # BUS-BRA has no normal images: no image AUROC, but benign vs malignant is defined
+    assert summary["bus_bra"]["UltraAD"]["4"]["image_auroc"]["n"] == 0  # undefined: counted, never a number
+    assert 0.0 <= summary["bus_bra"]["UltraAD"]["4"]["benign_malignant_auroc"]["mean"] <= 1.0
+    md = (out / "results.md").read_text()
+    assert "RANDOM WEIGHTS: ACCURACY NOT MEANINGFUL" in md
+    assert md.count("| UltraAD |") == 3  # one row per target table (k=4 only)
+    for png in ("roc_bus_uclm_test.png", "roc_bus_bra.png", "heatmaps.png"):
+        with Image.open(out / png) as im:
+            assert im.size[0] > 200 and im.size[1] > 200
+            assert np.asarray(im.convert("L")).std() > 5  # not blank
+
+
+@pytest.mark.realdata
+def test_smoke_thresholds_and_shots_come_from_training_patients(smoke_run, data_dir):
+    out, _, _ = smoke_run
+    from monai_ultraad.data import read_dataset
+
+    patients = {str(it["id"]): it["patient"] for it in read_dataset(data_dir / "bus_uclm")}
+    for cell_file in (out / "cells").rglob("k4_s0.json"):
+        cell = json.loads(cell_file.read_text())
+        test_ids = cell["targets"]["bus_uclm_test"]["per_image"]["id"]
+        shot_patients = {patients[i] for i in cell["shots"]}
+        assert shot_patients.isdisjoint({patients[i] for i in test_ids}), cell_file
+        assert cell["threshold_from"] in ("validation Dice", "no heatmap"), cell_file
+
+
+@pytest.mark.realdata
+def test_smoke_resumes_without_recomputing(smoke_run):
+    out, _, argv = smoke_run
+    cells = sorted((out / "cells").rglob("*.json"))
+    assert len(cells) == len(METHODS)
+    before = {c: c.stat().st_mtime_ns for c in cells}
+    assert bench.main(argv) == 0
+    assert {c: c.stat().st_mtime_ns for c in cells} == before
+
+
+@pytest.mark.realdata
+def test_other_configuration_refuses_to_mix_results(smoke_run, tmp_path, caplog):
+    _, _, argv = smoke_run
+    other = tmp_path / "other.yaml"
+    other.write_text(SMOKE.read_text().replace("max_val_per_class: 6", "max_val_per_class: 5"))
+    code = bench.main(["--config", str(other)] + argv[2:])
+    assert code == 2
+    assert "another configuration" in caplog.text
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, caplog):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("shots: [4]\nbogus: 1\n")
+    assert bench.main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown config keys ['bogus']" in caplog.text
