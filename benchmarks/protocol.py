@@ -48,11 +48,34 @@ class Target:
     items: list[dict]
     samples: dict[str, EvalSample]
     description: str
+    features: VisualFeatures | None = None  # held in memory when small enough, else streamed from the cache
 
 
-def load_target(name: str, items: Sequence[dict], description: str) -> Target:
+def load_target(name: str, items: Sequence[dict], description: str, store: FeatureStore | None = None,
+                memory_limit_gb: float = 0.0) -> Target:
+    """Ground truth of a target, and its cached features in memory when they fit ``memory_limit_gb``
+    (every cell reads them again, so holding them saves one cache read per image per cell)."""
     samples = engine.load_eval_samples(items, progress=True, desc=f"ground truth ({name})")
-    return Target(name, list(items), {str(s.item["id"]): s for s in samples}, description)
+    target = Target(name, list(items), {str(s.item["id"]): s for s in samples}, description)
+    if store is not None and items:
+        probe = store.get(list(items[:1]))
+        nbytes = (probe.cls_token.numel() + probe.patch_tokens.numel()) * probe.patch_tokens.element_size()
+        if nbytes * len(items) <= memory_limit_gb * 2**30:
+            parts = [f for _, f in store.iter_batches(items, batch_size=64)]
+            target.features = VisualFeatures(torch.cat([p.cls_token for p in parts]),
+                                             torch.cat([p.patch_tokens for p in parts]))
+    return target
+
+
+def target_batches(target: Target, store: FeatureStore, batch_size: int):
+    """(items, features) batches of a target, from memory or streamed from the feature cache."""
+    if target.features is None:
+        yield from store.iter_batches(target.items, batch_size=batch_size, desc=f"features ({target.name})")
+        return
+    for start in range(0, len(target.items), batch_size):
+        stop = start + batch_size
+        yield target.items[start:stop], VisualFeatures(target.features.cls_token[start:stop],
+                                                       target.features.patch_tokens[start:stop])
 
 
 def stratified_subset(items: Sequence[dict], max_images: int | None, seed: int, keys: Sequence[str]) -> list[dict]:
@@ -145,7 +168,7 @@ def evaluate_target(
     thumbs: dict[str, np.ndarray] = {}
 
     def batches():
-        for chunk, feats in store.iter_batches(target.items, batch_size=batch_size, desc=f"features ({target.name})"):
+        for chunk, feats in target_batches(target, store, batch_size):
             yield feats, [target.samples[str(it["id"])] for it in chunk]
 
     has_map = has_score = has_probs = False

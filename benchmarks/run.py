@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,
     "device": "auto",
     "grid_images": 6,
+    "memory_gb": 4.0,
 }
 
 
@@ -243,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
     for items in target_items.values():
         needed.update({str(it["id"]): it for it in items})
     cache_features(store, list(needed.values()))
-    targets = [protocol.load_target(name, items, descriptions[name]) for name, items in target_items.items()]
+    targets = [protocol.load_target(name, items, descriptions[name], store, float(cfg["memory_gb"]))
+               for name, items in target_items.items()]
 
     rng = np.random.default_rng(cfg["split_seed"])
     grid_rows: list[dict] = []

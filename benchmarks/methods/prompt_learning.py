@@ -44,10 +44,12 @@ class CoOp(Method):
         self.maps = MapMaker(backbone, sigma=4.0)
 
     def _text(self, f: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and getattr(self, "_frozen_text", None) is not None:
+            return self._frozen_text  # after fit the prompts no longer change: encode them once
         return self.prompts()  # (C, D)
 
-    def _logits(self, f: torch.Tensor) -> torch.Tensor:
-        text = self._text(f)
+    def _logits(self, f: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        text = self._text(f) if text is None else text
         if text.ndim == 2:
             return LOGIT_SCALE * f @ text.T
         return LOGIT_SCALE * torch.einsum("bd,bcd->bc", f, text)
@@ -61,6 +63,7 @@ class CoOp(Method):
         vf, vy = normalised_cls(data.val_features), data.val_labels
         params = self._build(data.seed)
         best = (float("inf"), 0, None)
+        self._frozen_text = None
         for chunk in range(1, self.EPOCHS // 10 + 1):
             train_minibatches(params, lambda idx: F.cross_entropy(self._logits(f[idx]), y[idx]), len(y), epochs=10,
                               seed=data.seed + chunk, batch_size=8, lr=2e-3)
@@ -71,14 +74,16 @@ class CoOp(Method):
         with torch.no_grad():
             for p, saved in zip(params, best[2]):
                 p.copy_(saved)
+            self._frozen_text = None if self.conditional else self.prompts()
         return {"epochs": best[1], "val_nll": best[0]}
 
     @torch.no_grad()
     def predict(self, features: VisualFeatures) -> Prediction:
         f = normalised_cls(features)
-        probs, score = probs_from_logits(self._logits(f))
-        text = self._text(f)
-        tokens = project_patches(self.backbone, features)[:, -1]  # (B, N, D)
+        text = self._text(f)  # once per batch: CoCoOp's per-image prompts are its costly part
+        probs, score = probs_from_logits(self._logits(f, text))
+        last = VisualFeatures(features.cls_token, features.patch_tokens[:, -1:])
+        tokens = project_patches(self.backbone, last)[:, 0]  # (B, N, D): the last tapped layer only
         sim = (torch.einsum("bnd,cd->bcn", tokens, text) if text.ndim == 2
                else torch.einsum("bnd,bcd->bcn", tokens, text))
         patch = 1.0 - (LOGIT_SCALE * sim).softmax(dim=1)[:, 0]

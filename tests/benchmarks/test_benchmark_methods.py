@@ -74,3 +74,18 @@ def test_anomaly_memory_needs_a_normal_shot(tiny_backbone):
     data.labels = torch.tensor([1, 1, 1, 2, 2, 2])
     with pytest.raises(ValueError, match="normal shot"):
         METHODS["april_gan"](tiny_backbone, CLASS_NAMES).fit(data)
+
+
+def test_speed_script_reports_backbone_and_head(tmp_path):
+    """benchmarks.speed runs end to end on the tiny model and writes positive timings."""
+    import json
+
+    from benchmarks import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--backbone", "UltraAD-Tiny-ViT", "--repeats", "1", "--batch", "2", "--train-shots", "0",
+                       "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    for key in ("batch1_backbone_s", "batch2_ultraad_s", "batch2_head_overhead_pct"):
+        assert key in figures
+    assert figures["batch2_backbone_s"] > 0 and figures["batch2_ultraad_s"] > 0
