@@ -171,3 +171,12 @@ def test_infer_latency_and_20_concurrent_requests(server, studies):
     assert [a[0] for a in answers] == [200] * 20
     assert all(json.loads(a[1])["random_weights"] for a in answers)
     assert server.get("/info/")[0] == 200 and server.proc.poll() is None  # still up
+
+
+def test_missing_backbone_weights_stop_the_server_loudly(studies):
+    """The real configuration without its weight file: the server exits, naming the file and large_files.yml."""
+    root, folder, _, _ = studies
+    with pytest.raises(RuntimeError) as err:
+        MonaiLabelServer(str(folder), root / "no_weights", backbone="UltraAD-Tiny-ViT",
+                         pretrained=str(root / "ViT-L-14-336px.pt"), allow_random_init="false")
+    assert "ViT-L-14-336px.pt" in str(err.value) and "large_files.yml" in str(err.value)
