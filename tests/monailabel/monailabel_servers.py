@@ -103,7 +103,12 @@ class Orthanc:
         self.log = folder / "orthanc.log"
         self.proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=self.log.open("wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: http("GET", f"{self.url}/system", timeout=2)[0] == 200, 60, "Orthanc", self.proc, self.log)
+        try:
+            wait_until(lambda: http("GET", f"{self.url}/system", timeout=2)[0] == 200, 60, "Orthanc", self.proc,
+                       self.log)
+        except BaseException:
+            stop(self.proc)
+            raise
 
     def upload(self, path: Path) -> tuple[int, dict]:
         """POST /instances (Orthanc's REST API): (HTTP status, Orthanc's answer)."""
@@ -137,7 +142,12 @@ class MonaiLabelServer:
         self.log = folder / "monailabel.log"
         self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=folder,
                                      env=env, start_new_session=True)
-        wait_until(lambda: self.get("/info/", timeout=5)[0] == 200, 180, "MONAI Label server", self.proc, self.log)
+        try:
+            wait_until(lambda: self.get("/info/", timeout=5)[0] == 200, 180, "MONAI Label server", self.proc,
+                       self.log)
+        except BaseException:
+            stop(self.proc)
+            raise
 
     def get(self, path: str, timeout: float = 60):
         return http("GET", self.url + path, timeout=timeout)

@@ -34,27 +34,29 @@ def pacs(data_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pacs")
     orthanc = Orthanc(root)
-    real, refused = {}, {}
-    for path in sorted((data_dir / "dicom").rglob("*.dcm")):
-        name = path.relative_to(data_dir / "dicom").as_posix()
-        status, answer = orthanc.upload(path)
-        if status != 200:
-            refused[name] = answer.get("Details") or answer.get("Message")
-            continue
-        real[name] = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
-    print(f"\nOrthanc refused {len(refused)} of the real files: {refused}")
-    assert len(real) >= 25
-    wrapped = []
-    for i, row in enumerate(r for r in uclm_rows(data_dir, 2) if r["label"] != "malignant"):
-        rgb = np.asarray(Image.open(data_dir / "bus_uclm" / row["image"]).convert("RGB"))
-        path = wrap_as_ultrasound(rgb, root / "wrapped" / f"w{i}.dcm", patient_id=f"SYNTH{i}", with_region=False,
-                                  lossy_compression_method="ISO_10918_1")
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        assert orthanc.upload(path)[0] == 200
-        wrapped.append({"series": str(ds.SeriesInstanceUID), "study": str(ds.StudyInstanceUID), "row": row,
-                        "file": path, "label": label_file(data_dir, row, root / f"w{i}.nii.gz")})
-    yield orthanc, real, wrapped, root
-    orthanc.stop()
+    try:  # stopped even when loading fails
+        real, refused = {}, {}
+        for path in sorted((data_dir / "dicom").rglob("*.dcm")):
+            name = path.relative_to(data_dir / "dicom").as_posix()
+            status, answer = orthanc.upload(path)
+            if status != 200:
+                refused[name] = answer.get("Details") or answer.get("Message")
+                continue
+            real[name] = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+        print(f"\nOrthanc refused {len(refused)} of the real files: {refused}")
+        assert len(real) >= 25
+        wrapped = []
+        for i, row in enumerate(r for r in uclm_rows(data_dir, 2) if r["label"] != "malignant"):
+            rgb = np.asarray(Image.open(data_dir / "bus_uclm" / row["image"]).convert("RGB"))
+            path = wrap_as_ultrasound(rgb, root / "wrapped" / f"w{i}.dcm", patient_id=f"SYNTH{i}", with_region=False,
+                                      lossy_compression_method="ISO_10918_1")
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            assert orthanc.upload(path)[0] == 200
+            wrapped.append({"series": str(ds.SeriesInstanceUID), "study": str(ds.StudyInstanceUID), "row": row,
+                            "file": path, "label": label_file(data_dir, row, root / f"w{i}.nii.gz")})
+        yield orthanc, real, wrapped, root
+    finally:
+        orthanc.stop()
 
 
 @pytest.fixture(scope="module")
