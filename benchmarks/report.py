@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,15 @@ def markdown(run: Mapping[str, Any], summary: Mapping[str, Any], cards: Mapping[
                 row = per_k.get(str(k), {})
                 lines.append(f"| {method} | " + " | ".join(_fmt(row.get(key)) for key, _ in COLUMNS) + " |")
             lines.append("")
-    lines += ["## Methods", "", "| method | image score | localisation | smoothing | classes | fit s (mean) |",
-              "|---|---|---|---|---|---|"]
+    size = run["backbone"]["image_size"]
+    lines += ["## Methods", "",
+              "| method | input / metric resolution | image score | localisation | smoothing | classes | fit s (mean) |",
+              "|---|---|---|---|---|---|---|"]
     for method, card in cards.items():
         notes = f" ({'; '.join(card['notes'])})" if card.get("notes") else ""
-        lines.append(f"| {method} | {card['image_score']} | {card['localisation']}{notes} | {card['smoothing']} | "
-                     f"{card['classes']} | {timings.get(method, float('nan')):.2f} |")
+        lines.append(f"| {method} | {size} px square-padded / original image | {card['image_score']} | "
+                     f"{card['localisation']}{notes} | {card['smoothing']} | {card['classes']} | "
+                     f"{timings.get(method, float('nan')):.2f} |")
     lines += ["", ("'–': not applicable (the method has no such output) or undefined on this target "
                    "(bus_bra has no normal images, so no image AUROC there)."), ""]
     return "\n".join(lines)
@@ -124,7 +128,7 @@ def heatmap_grid(path: Path, rows: Sequence[dict[str, Any]], thumbs: Mapping[str
     """Image | ground truth | one column per localising method, one row per image."""
     methods = [m for m in thumbs if thumbs[m]]
     cols = 2 + len(methods)
-    fig = Figure(figsize=(1.3 * cols, 1.4 * len(rows) + 0.8), dpi=110)
+    fig = Figure(figsize=(1.2 * cols, 1.25 * len(rows) + 1.0), dpi=110)
     FigureCanvasAgg(fig)
     for r, row in enumerate(rows):
         image = np.asarray(Image.open(row["image"]).convert("L").resize((size, size)))
@@ -142,7 +146,7 @@ def heatmap_grid(path: Path, rows: Sequence[dict[str, Any]], thumbs: Mapping[str
                 else:
                     ax.imshow(data, cmap=cmap)
             if r == 0:
-                ax.set_title(name, fontsize=6)
+                ax.set_title("\n".join(textwrap.wrap(name, 16)), fontsize=6)
     fig.suptitle(title + (f"\n{RANDOM_NOTE.upper()}" if random_weights else ""), fontsize=8,
                  color="red" if random_weights else "black")
     buf = io.BytesIO()

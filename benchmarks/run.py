@@ -266,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
         data = None
         for key in cfg["methods"]:
             cls = METHODS[key]
-            cards[cls.name] = {**cls.card.__dict__, "key": key}
+            cards[cls.name] = {**cls.card.__dict__, "key": key, "input_resolution": backbone.image_size,
+                               "metric_resolution": "original image size"}
             path = cells_dir / key / f"k{k}_s{seed}.json"
             thumb_path = path.with_suffix(".npz")
             if path.exists():
