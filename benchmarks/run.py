@@ -92,6 +92,10 @@ def build_backbone(cfg: dict[str, Any]) -> tuple[ClipBackbone, str | None]:
     pretrained = cfg["pretrained"]
     random = str(pretrained).strip().lower() in ("random", "none", "")
     reason = "requested with --pretrained random" if random else None
+    if not random and Path(str(pretrained)).suffix in (".pt", ".pth", ".bin", ".safetensors") \
+            and not Path(str(pretrained)).exists():
+        # a weight FILE the user named is a typo or a missing download, not a reason to benchmark random weights
+        raise WeightsError(f"weight file not found: {pretrained} (fetch it as bundle/large_files.yml lists it)")
     if not random:
         try:
             return ClipBackbone(cfg["backbone"], pretrained, layers), None

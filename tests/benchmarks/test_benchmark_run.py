@@ -94,3 +94,10 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, caplog):
     bad.write_text("shots: [4]\nbogus: 1\n")
     assert bench.main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "unknown config keys ['bogus']" in caplog.text
+
+
+def test_missing_weight_file_is_an_error_not_a_random_fallback(tmp_path, caplog):
+    code = bench.main(["--config", str(SMOKE), "--out", str(tmp_path / "o"), "--pretrained", str(tmp_path / "no.pt")])
+    assert code == 2
+    assert "weight file not found" in caplog.text
+    assert not (tmp_path / "o").exists()
