@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the UltraAD MONAI Application Package (MAP) as a container image with podman, without any registry.
+# Fallback: build the UltraAD MONAI Application Package (MAP) with podman from a hand-written Containerfile, without
+# holoscan-cli and without any registry. The MONAI Deploy packager route is package_map.sh (same layout).
 #
 #   sudo deploy_app/map/build_map.sh [TAG]        (default TAG: ultraad-map:0.1.0)
 #   podman run --rm -v IN:/var/holoscan/input:ro -v OUT:/var/holoscan/output -v MODELS:/opt/holoscan/models:ro TAG
