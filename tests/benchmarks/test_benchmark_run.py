@@ -48,7 +48,11 @@ def test_smoke_outputs(smoke_run):
     assert 0.0 <= summary["bus_bra"]["UltraAD"]["4"]["benign_malignant_auroc"]["mean"] <= 1.0
     md = (out / "results.md").read_text()
     assert "RANDOM WEIGHTS: ACCURACY NOT MEANINGFUL" in md
-    assert md.count("| UltraAD |") == 3  # one row per target table (k=4 only)
+    sections = {part.split("\n", 1)[0]: part for part in md.split("\n## ")[1:]}
+    for target in ("bus_uclm_test", "bus_bra", "synthetic"):
+        table = sections[f"{target}, k = 4"]
+        assert "\n| UltraAD | " in table and "\n| MVFA | " in table, target
+    assert "input / metric resolution" in sections["Methods"]
     for png in ("roc_bus_uclm_test.png", "roc_bus_bra.png", "heatmaps.png"):
         with Image.open(out / png) as im:
             assert im.size[0] > 200 and im.size[1] > 200
