@@ -40,9 +40,8 @@ class PatchLanguageFusion(nn.Module):
         parameters (and checkpoints) are those of ``nn.MultiheadAttention``.
         """
         attn = self.attention
-        batch, n_protos, dim = prototypes.shape
-        heads = attn.num_heads
-        head_dim = dim // heads
+        batch, n_protos = prototypes.shape[:2]
+        dim, heads, head_dim = attn.embed_dim, attn.num_heads, attn.head_dim  # Python ints: constant when traced
         w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
         b_q, _, b_v = attn.in_proj_bias.chunk(3)
         q = (prototypes @ w_q.T + b_q).view(batch, n_protos, heads, head_dim)
