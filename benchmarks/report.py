@@ -60,6 +60,9 @@ def markdown(run: Mapping[str, Any], summary: Mapping[str, Any], cards: Mapping[
     if run["random_weights"]:
         lines += [(f"> **{RANDOM_NOTE.upper()}.** The backbone ({run['backbone']['model_name']}) was randomly "
                    "initialised; these numbers only show that every method runs end to end."), ""]
+    if run.get("missing_cells"):
+        lines += [(f"> **Partial:** {len(run['missing_cells'])} cells were not computed "
+                   f"({', '.join(run['missing_cells'])}); their rows average fewer seeds."), ""]
     b = run["backbone"]
     lines += [
         f"- backbone: {b['model_name']} ({b['weights_id']}), input {b['image_size']} px, taps {b['feature_layers']}",

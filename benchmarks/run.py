@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", help="comma-separated k values")
     parser.add_argument("--seeds", help="comma-separated seeds")
     parser.add_argument("--cache-dir", help="feature cache folder (default: the config's, else ~/.cache/monai_ultraad)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the finished cells only; list the missing ones, compute nothing")
     parser.add_argument("--fresh", action="store_true", help="discard finished cells of an earlier run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -247,15 +249,18 @@ def run(args: argparse.Namespace) -> int:
     needed = {str(it["id"]): it for sp in splits.values() for it in sp.shots + sp.validation}
     for items in target_items.values():
         needed.update({str(it["id"]): it for it in items})
-    cache_features(store, list(needed.values()))
-    targets = [protocol.load_target(name, items, descriptions[name], store, float(cfg["memory_gb"]))
-               for name, items in target_items.items()]
+    targets: list[protocol.Target] = []
+    if not args.report_only:  # a report needs no features and no ground truth
+        cache_features(store, list(needed.values()))
+        targets = [protocol.load_target(name, items, descriptions[name], store, float(cfg["memory_gb"]))
+                   for name, items in target_items.items()]
 
     rng = np.random.default_rng(cfg["split_seed"])
     grid_rows: list[dict] = []
-    for t_index, target in enumerate(targets):
-        lesions = [it for it in target.items if it.get("mask") and int(it["label"]) != 0]
-        n = cfg["grid_images"] - len(grid_rows) if t_index == len(targets) - 1 else cfg["grid_images"] // 2 + 1
+    for t_index, items in enumerate(target_items.values()):
+        lesions = [it for it in items if it.get("mask") and int(it["label"]) != 0]
+        last = t_index == len(target_items) - 1
+        n = cfg["grid_images"] - len(grid_rows) if last else cfg["grid_images"] // 2 + 1
         picks = rng.choice(len(lesions), size=min(max(n, 0), len(lesions)), replace=False) if lesions else []
         grid_rows += [lesions[i] for i in sorted(picks)]
     keep_ids = {str(it["id"]) for it in grid_rows}
@@ -264,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
     cells: dict[tuple[str, int, int], dict] = {}
     thumbs: dict[str, dict[str, np.ndarray]] = {}
     cards: dict[str, dict] = {}
+    missing: list[str] = []
     total = len(splits) * len(cfg["methods"])
     bar = tqdm(total=total, desc="benchmark cells", unit="cell")
     for (k, seed), split in splits.items():
@@ -276,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
             thumb_path = path.with_suffix(".npz")
             if path.exists():
                 cells[(cls.name, k, seed)] = json.loads(path.read_text())
+            elif args.report_only:
+                missing.append(f"{key} k={k} seed={seed}")
             else:
                 if data is None:
                     data = protocol.fit_data(split, store, backbone, seed)
@@ -293,6 +301,9 @@ def run(args: argparse.Namespace) -> int:
                 thumbs[cls.name] = load_thumbs(thumb_path)
             bar.update(1)
     bar.close()
+    if missing:
+        logger.warning("report from finished cells only; %d not computed: %s", len(missing), ", ".join(missing))
+        run_info["missing_cells"] = missing
     written = report.write_all(out, run_info, cells, cards, grid_rows, thumbs, CLASS_NAMES)
     for what, path in written.items():
         logger.info("%s: %s", what, path)

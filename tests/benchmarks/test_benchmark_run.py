@@ -84,6 +84,26 @@ def test_smoke_resumes_without_recomputing(smoke_run):
 
 
 @pytest.mark.realdata
+def test_report_only_lists_missing_cells(smoke_run, tmp_path):
+    out, _, argv = smoke_run
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    import shutil
+
+    shutil.copytree(out / "cells", partial / "cells")
+    shutil.copy(out / "run.json", partial / "run.json")
+    shutil.rmtree(partial / "cells" / "mvfa")
+    args = list(argv)
+    args[args.index("--out") + 1] = str(partial)
+    assert bench.main([*args, "--report-only"]) == 0
+    results = json.loads((partial / "results.json").read_text())
+    assert results["run"]["missing_cells"] == ["mvfa k=4 seed=0"]
+    assert "MVFA" not in results["summary"]["bus_uclm_test"]
+    assert "**Partial:** 1 cells were not computed" in (partial / "results.md").read_text()
+    assert not (partial / "cells" / "mvfa").exists()  # nothing computed
+
+
+@pytest.mark.realdata
 def test_other_configuration_refuses_to_mix_results(smoke_run, tmp_path, caplog):
     _, _, argv = smoke_run
     other = tmp_path / "other.yaml"
