@@ -26,6 +26,7 @@ from monai_ultraad import engine
 from monai_ultraad.data import make_fewshot_split
 from monai_ultraad.data.transforms import map_to_original
 from monai_ultraad.engine import EvalSample
+from monai_ultraad.errors import InputDataError
 from monai_ultraad.features import FeatureStore
 from monai_ultraad.io_utils import atomic_write_json
 from monai_ultraad.metrics import UltraADEvaluator, best_threshold
@@ -96,7 +97,11 @@ def stratified_subset(items: Sequence[dict], max_images: int | None, seed: int, 
 
 def fit_data(split, store: FeatureStore, backbone: ClipBackbone, seed: int) -> FitData:
     shots = store.get(split.shots, desc="features (shots)")
-    val = store.get(split.validation, desc="features (validation)")
+    if not split.validation:
+        raise InputDataError("the few-shot split left no validation images: thresholds and epochs need them")
+    val_batches = engine.validation_batches(split.validation, store)
+    val = VisualFeatures(torch.cat([f.cls_token for f, _ in val_batches]),
+                         torch.cat([f.patch_tokens for f, _ in val_batches]))
     labels = torch.tensor([int(it["label"]) for it in split.shots])
     masks = engine.training_masks(split.shots, backbone.image_size, backbone.mean, backbone.std)
     return FitData(
@@ -107,7 +112,7 @@ def fit_data(split, store: FeatureStore, backbone: ClipBackbone, seed: int) -> F
         val_labels=torch.tensor([int(it["label"]) for it in split.validation]),
         shot_items=list(split.shots),
         val_items=list(split.validation),
-        val_batches=engine.validation_batches(split.validation, store),
+        val_batches=val_batches,
         store=store,
         seed=seed,
     )

@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         "seeds": cfg["seeds"], "split_seed": cfg["split_seed"], "test_fraction": cfg["test_fraction"],
         "max_val_per_class": cfg["max_val_per_class"], "train_dataset": cfg["train_dataset"],
         "targets": descriptions, "command": "python -m benchmarks.run " + shlex.join(sys.argv[1:]),
-        "host": f"{platform.node() and 'host'} {platform.machine()}, {torch.get_num_threads()} threads, {device}",
+        "host": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",  # no host name in results
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version()},
     }
