@@ -179,7 +179,8 @@ def write_all(out: Path, run: dict[str, Any], cells: dict, cards: dict, grid_row
         curves, kind = roc_curves(cells, target, k, seed, class_names)
         if curves:
             written[f"roc_{target}"] = plot_roc_curves(
-                out / f"roc_{target}.png", curves, title=f"{target}: {kind}, k={k}, seed {seed}",
+                out / f"roc_{target}.png", curves,
+                title=f"{target}: {kind}, k={k}, seed {seed}" + (f" ({RANDOM_NOTE})" if run["random_weights"] else ""),
                 random_weights=run["random_weights"])
     if grid_rows and thumbs:
         written["heatmaps"] = heatmap_grid(out / "heatmaps.png", grid_rows, thumbs,
