@@ -39,6 +39,7 @@ from monai_ultraad.data import default_data_dir, read_dataset
 from monai_ultraad.errors import InputDataError, UltraADError, WeightsError
 from monai_ultraad.io_utils import atomic_write_bytes, atomic_write_json
 from monai_ultraad.networks import ClipBackbone
+from monai_ultraad.runtime import tune_cpu_allocator
 
 logger = logging.getLogger("benchmarks")
 ROOT = Path(__file__).resolve().parent
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="discard finished cells of an earlier run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    tune_cpu_allocator()
     try:
         return run(args)
     except UltraADError as err:

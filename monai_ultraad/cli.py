@@ -28,6 +28,7 @@ from monai_ultraad.errors import UltraADError
 from monai_ultraad.io_utils import atomic_write_json, atomic_write_text
 from monai_ultraad.metrics import format_mean_std, summarize_over_seeds
 from monai_ultraad.networks import DEFAULT_BACKBONE, DEFAULT_FEATURE_LAYERS, DEFAULT_PRETRAINED, ClipBackbone
+from monai_ultraad.runtime import tune_cpu_allocator
 from monai_ultraad.visualize import plot_prediction_rocs
 
 logger = logging.getLogger("monai_ultraad")
@@ -88,6 +89,7 @@ class UltraADCLI:
         epochs: int = 20,
         batch_size: int = 8,
         lr: float = 1e-3,
+        precision: str = "fp32",
         split_seed: int = 0,
         test_fraction: float = 0.3,
         max_val_per_class: int | None = 20,
@@ -107,6 +109,7 @@ class UltraADCLI:
         items = read_dataset(data_dir, fmt)
         bb = ClipBackbone(backbone, pretrained, _layers(feature_layers), allow_random_init=allow_random_init)
         _banner(bb.random_weights)
+        tune_cpu_allocator()
         store = engine.build_store(bb, cache_dir=cache_dir if cache_dir else True, device=_device(device), progress=progress)
         out = Path(output_dir)
         per_seed = []
@@ -117,7 +120,7 @@ class UltraADCLI:
             )
             test_items = split.test if max_test is None else _subsample(split.test, max_test, split_seed)
             model = engine.build_model(bb, seed=seed)
-            cfg = engine.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+            cfg = engine.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, precision=precision)
             result = engine.fit(model, split.shots, split.validation, store, cfg, progress=progress)
             metrics, predictions = engine.evaluate(model, test_items, store, result.threshold, progress=progress)
             metrics.update(

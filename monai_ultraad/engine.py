@@ -12,6 +12,7 @@ step. Rules kept here, in one place:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import io
@@ -67,6 +68,30 @@ class TrainConfig:
     seg_weight: float = 1.0
     cls_weight: float = 1.0
     val_every: int = 1
+    #: "fp32", or "bf16": the head's forward in bfloat16 autocast (loss, optimiser and weights stay float32). About
+    #: 1.7x faster training on CPUs with native bfloat16 (AVX512-BF16 / AMX) and on recent GPUs; not bit-identical
+    #: to fp32, so it is recorded with the checkpoint. Evaluation and inference always run in float32.
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+#: Training precisions understood by :class:`TrainConfig`.
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of a training ``precision`` on ``device`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device_type = torch.device(device).type
+    if device_type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        logger.warning("precision bf16: this CPU has no native bfloat16 support, so training will be SLOWER than fp32")
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 @dataclass
@@ -252,13 +277,21 @@ def evaluate(
 
 # ---------------------------------------------------------------------------------------------------- training
 def training_step(
-    model: UltraAD, batch: FewShotBatch, optimizer: torch.optim.Optimizer, loss_fn: UltraADLoss
+    model: UltraAD,
+    batch: FewShotBatch,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: UltraADLoss,
+    precision: str = "fp32",
 ) -> tuple[UltraADOutput, dict[str, float]]:
-    """One optimisation step on a batch of shots (leave-one-out memory); returns the output and loss parts."""
+    """One optimisation step on a batch of shots (leave-one-out memory); returns the output and loss parts.
+
+    ``precision`` "bf16" runs the forward in bfloat16 autocast; the loss is computed in float32.
+    """
     model.train()
     device = unwrap(model).memory.class_text.device
     # through __call__ (not forward_features) so that a DistributedDataParallel wrapper synchronises gradients
-    output = model(batch.features, memory_exclude=batch.memory_slots.to(device))
+    with autocast(precision, device):
+        output = model(batch.features, memory_exclude=batch.memory_slots.to(device))
     parts = loss_fn(output, batch.masks, batch.labels)
     optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()
@@ -267,10 +300,14 @@ def training_step(
 
 
 def train_one_epoch(
-    model: UltraAD, batches: Iterable[FewShotBatch], optimizer: torch.optim.Optimizer, loss_fn: UltraADLoss
+    model: UltraAD,
+    batches: Iterable[FewShotBatch],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: UltraADLoss,
+    precision: str = "fp32",
 ) -> list[dict[str, float]]:
     """One pass over ``batches``; returns the loss parts of every step."""
-    return [training_step(model, batch, optimizer, loss_fn)[1] for batch in batches]
+    return [training_step(model, batch, optimizer, loss_fn, precision)[1] for batch in batches]
 
 
 def fit(
@@ -305,6 +342,8 @@ def fit(
     labels = torch.tensor([int(it["label"]) for it in shots])
     masks = training_masks(shots, model.image_size, model.backbone.mean, model.backbone.std)
     model.setup_memory(features, labels)
+    if config.precision == "bf16":  # cast the cached patch tokens once, not in every step
+        features = VisualFeatures(features.cls_token, features.patch_tokens.to(torch.bfloat16))
     slots = torch.arange(len(shots))
     loss_fn = UltraADLoss(seg_weight=config.seg_weight, cls_weight=config.cls_weight)
     params = model.trainable_parameters()
@@ -323,7 +362,7 @@ def fit(
             )
             for idx in order.split(config.batch_size)
         )
-        losses = train_one_epoch(model, batches, optimizer, loss_fn)
+        losses = train_one_epoch(model, batches, optimizer, loss_fn, config.precision)
         epoch_seconds.append(time.perf_counter() - start)
         record: dict[str, Any] = {"epoch": epoch, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
         if val_batches and (epoch % config.val_every == 0 or epoch == config.epochs):
@@ -573,6 +612,8 @@ __all__ = [
     "train_one_epoch",
     "training_masks",
     "training_step",
+    "autocast",
+    "PRECISIONS",
     "unwrap",
     "validation_batches",
     "with_checkpoint",

@@ -13,20 +13,24 @@ import numpy as np
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
-from monai_ultraad.engine import FewShotBatch, run_head, training_step
+from monai_ultraad.engine import PRECISIONS, FewShotBatch, run_head, training_step
 from monai_ultraad.networks.backbone import VisualFeatures
 
 
 class FewShotTrainer(SupervisedTrainer):
     """Trains the UltraAD head on batches of :class:`~monai_ultraad.engines.ShotFeatureDataset`.
 
-    Takes :class:`monai.engines.SupervisedTrainer`'s arguments; ``decollate`` is off because the batch holds
-    features, not images. ``engine.state.output`` holds ``loss``, ``seg_loss`` and ``cls_loss`` (floats).
+    Takes :class:`monai.engines.SupervisedTrainer`'s arguments, plus ``precision`` ("fp32" or "bf16", see
+    :class:`~monai_ultraad.engine.TrainConfig`); ``decollate`` is off because the batch holds features, not images.
+    ``engine.state.output`` holds ``loss``, ``seg_loss`` and ``cls_loss`` (floats).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, precision: str = "fp32", **kwargs: Any) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         kwargs.setdefault("decollate", False)
         super().__init__(*args, **kwargs)
+        self.precision = precision
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
@@ -37,7 +41,7 @@ class FewShotTrainer(SupervisedTrainer):
             batchdata["label"],
             batchdata["slot"],
         )
-        _, parts = training_step(engine.network, batch, engine.optimizer, engine.loss_function)
+        _, parts = training_step(engine.network, batch, engine.optimizer, engine.loss_function, self.precision)
         engine.state.output = dict(parts)
         return engine.state.output
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import open_clip
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
 from monai_ultraad.errors import WeightsError
@@ -198,6 +199,28 @@ def create_clip(
     return model, f"open_clip:{model_name}:{pretrained}", False
 
 
+@dataclass
+class TextKVCache:
+    """Keys and values, per text block, of tokens already encoded by a causal text tower.
+
+    With causal attention a token's hidden states never depend on the tokens after it, so a prompt can be encoded
+    in pieces: the constant prefix once, the parts shared by the batch once per step, and only the image-specific
+    tail per image (:meth:`FrozenTextEncoder.encode_incremental`). The result is the same as encoding the whole
+    sequence at once.
+
+    Attributes:
+        keys, values: one (S, T, width) tensor per block (S sequences, T tokens, before the head split).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[1]
+
+
+
 class FrozenTextEncoder(nn.Module):
     """The CLIP text tower, able to encode token embeddings so that prompts can contain learnable tokens.
 
@@ -230,6 +253,7 @@ class FrozenTextEncoder(nn.Module):
         self.context_length = self.positional_embedding.shape[0]
         self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
         self.requires_grad_(False)
+        self._incremental_ok = self._check_incremental()
 
     @property
     def output_dim(self) -> int:
@@ -256,10 +280,81 @@ class FrozenTextEncoder(nn.Module):
         dtype = self.positional_embedding.dtype
         x = x.to(dtype) + self.positional_embedding[:length]
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
-        x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
+        return self.project(x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)])
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and projection of (..., width) end-of-text hidden states -> (..., D)."""
+        x = self.ln_final(hidden)
         proj = self.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    @property
+    def supports_incremental(self) -> bool:
+        """Whether :meth:`encode_incremental` can run this tower: open_clip's standard causal blocks, no dropout."""
+        return self._incremental_ok
+
+    def _check_incremental(self) -> bool:
+        length = self.attn_mask.shape[0]
+        causal = torch.full((length, length), float("-inf")).triu(1)
+        if not torch.equal(self.attn_mask.float().cpu().clamp(min=-1e30), causal.clamp(min=-1e30)):
+            return False
+        for block in getattr(self.transformer, "resblocks", [None]):
+            parts = ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2")
+            if block is None or any(not hasattr(block, p) for p in parts) or hasattr(block, "ln_1_kv"):
+                return False
+            attn = block.attn
+            if not isinstance(attn, nn.MultiheadAttention) or attn.in_proj_weight is None or attn.dropout:
+                return False
+            if attn.in_proj_bias is None or attn.bias_k is not None:
+                return False
+        return True
+
+    def encode_incremental(
+        self,
+        embeddings: torch.Tensor,
+        past: TextKVCache | None = None,
+        positions: torch.Tensor | None = None,
+        visible: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, TextKVCache]:
+        """Encode (S, T, width) token embeddings that continue the sequences in ``past`` (None: they start them).
+
+        By default the T tokens are the next T positions and attend causally, which is exactly
+        :meth:`encode_embeddings` on the concatenated sequence (a test checks it). Several continuations of the same
+        past can share one call (so the tower's weights are read once): give each token its ``positions`` (T,) and
+        the (T, P + T) boolean ``visible`` mask of what it attends to (True = attend).
+
+        Returns the hidden states after the last block, (S, T, width), to be pooled with :meth:`project`, and the
+        cache of these T tokens.
+        """
+        if not self._incremental_ok:
+            raise RuntimeError("this text tower does not support incremental encoding")
+        offset = 0 if past is None else past.length
+        n_seq, n_new, width = embeddings.shape
+        if positions is None:
+            positions = torch.arange(offset, offset + n_new, device=embeddings.device)
+        if visible is None:  # query i (position offset + i) sees every past token and the new ones up to itself
+            visible = torch.ones(n_new, offset + n_new, dtype=torch.bool, device=embeddings.device).tril(offset)
+        dtype = self.positional_embedding.dtype
+        x = embeddings.to(dtype) + self.positional_embedding[positions.to(self.positional_embedding.device)]
+        keys, values = [], []
+        for index, block in enumerate(self.transformer.resblocks):
+            attn = block.attn
+            heads = attn.num_heads
+            q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+            keys.append(k)
+            values.append(v)
+            if past is not None:
+                k = torch.cat([past.keys[index].to(k.dtype), k], dim=1)
+                v = torch.cat([past.values[index].to(v.dtype), v], dim=1)
+
+            def split(t: torch.Tensor) -> torch.Tensor:
+                return t.reshape(n_seq, -1, heads, width // heads).transpose(1, 2)
+
+            out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=visible)
+            out = attn.out_proj(out.transpose(1, 2).reshape(n_seq, n_new, width))
+            x = x + block.ls_1(out)
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x, TextKVCache(keys, values)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

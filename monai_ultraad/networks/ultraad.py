@@ -46,6 +46,11 @@ from monai_ultraad.networks.prompts import (
 )
 
 
+def _autocasts_to(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether autocast is on for ``device`` and computes in ``dtype``."""
+    return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == dtype
+
+
 @dataclass
 class UltraADOutput:
     """What UltraAD returns for a batch.
@@ -244,7 +249,9 @@ class UltraAD(nn.Module):
         """
         device = self.memory.class_text.device
         cls_token = features.cls_token.to(device).float()
-        patches = features.patch_tokens.to(device).float()
+        patches = features.patch_tokens.to(device)
+        if patches.dtype != torch.float32 and not _autocasts_to(patches.dtype, device):
+            patches = patches.float()  # the cache holds float16; bfloat16 tokens stay as they are under bf16 autocast
         batch = patches.shape[0]
         grid = self.backbone.grid_size
         if not torch.jit.is_tracing() and patches.shape[2] != grid * grid:

@@ -43,7 +43,7 @@ def trained(data_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     result = ok(bundle("run", "training", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(root),
                        "--dataset_dir", str(data_dir / "bus_uclm"), "--cache_dir", str(cache), "--epochs", "3",
-                       "--max_val_per_class", "8", *TINY))
+                       "--max_val_per_class", "8", "--precision", "bf16", *TINY))  # bf16: the plumbing is tested too
     return root, cache, result
 
 
@@ -54,6 +54,7 @@ def test_training_writes_checkpoint_with_provenance(trained):
     payload = read_checkpoint(root / "models" / "model.pt")
     assert payload["random_weights"] and payload["model"]["backbone"]["model_name"] == "UltraAD-Tiny-ViT"
     assert payload["train_config"]["seed"] == 0 and payload["extra"]["bundle_train_config"]["shots"] == 4
+    assert payload["train_config"]["precision"] == "bf16"
     split = payload["split"]
     assert len(split["shots"]) == 12 and split["seed"] == 0
     assert set(split["shots"]).isdisjoint(split["test"]) and set(split["validation"]).isdisjoint(split["test"])

@@ -186,3 +186,61 @@ def test_fusion_equals_multihead_attention():
     attended, _ = fusion.attention(prototypes, patches, patches, need_weights=False)
     expected = F.normalize(prototypes + attended, dim=-1)
     torch.testing.assert_close(fusion(prototypes, patches), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_encoded_in_pieces_equals_whole_prompt(tiny_backbone):
+    """The cached-prefix path (context once per step, tails per image) gives the full per-image encoding."""
+    torch.manual_seed(0)
+    learner = ImageAwarePromptLearner(tiny_backbone.text, tiny_backbone.embed_dim, n_ctx=4)
+    assert learner.prefix_length > 0  # the tiny tower is a standard causal CLIP tower
+    shared = torch.randn(5, tiny_backbone.embed_dim, requires_grad=True)
+    pieces = learner(shared)
+    pieces.square().sum().backward()
+    grads_pieces = (shared.grad.clone(), learner.ctx.grad.clone(), learner.instance_proj.weight.grad.clone())
+    for p in (shared, learner.ctx, learner.instance_proj.weight):
+        p.grad = None
+    learner.prefix_length = 0  # the whole prompt, per image
+    whole = learner(shared)
+    whole.square().sum().backward()
+    torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads_pieces, (shared.grad, learner.ctx.grad, learner.instance_proj.weight.grad)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_incremental_text_encoding_equals_full(tiny_backbone):
+    text = tiny_backbone.text
+    assert text.supports_incremental
+    tokens = text.tokenize(["a photo of a benign breast lesion.", "a photo of a malignant breast lesion."])
+    eot = tokens.argmax(dim=-1)
+    emb = text.embed_tokens(tokens)
+    length = int(eot.max()) + 1
+    with torch.no_grad():
+        full = text.encode_embeddings(emb, eot)
+        _, cache = text.encode_incremental(emb[:, :3])
+        hidden, _ = text.encode_incremental(emb[:, 3:length], cache)
+        pieces = text.project(hidden[torch.arange(2), eot - 3])
+    torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_learner_falls_back_when_the_tower_cannot_be_split(tiny_backbone, monkeypatch):
+    monkeypatch.setattr(tiny_backbone.text, "_incremental_ok", False)
+    learner = ImageAwarePromptLearner(tiny_backbone.text, tiny_backbone.embed_dim, n_ctx=2)
+    assert learner.prefix_length == 0
+    assert learner(torch.randn(2, tiny_backbone.embed_dim)).shape == (2, 2, tiny_backbone.embed_dim)
+    with pytest.raises(RuntimeError, match="incremental"):
+        tiny_backbone.text.encode_incremental(torch.zeros(1, 2, tiny_backbone.text.width))
+
+
+def test_bf16_autocast_forward_matches_fp32(model, tiny_backbone):
+    feats = tiny_backbone.encode_image(torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        ref = model.forward_features(feats)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.forward_features(
+                type(feats)(feats.cls_token, feats.patch_tokens.to(torch.bfloat16))  # stays bfloat16 under autocast
+            )
+    assert low.layer_logits.dtype == torch.bfloat16
+    torch.testing.assert_close(low.class_probs.float(), ref.class_probs, atol=0.05, rtol=0)
+    torch.testing.assert_close(low.anomaly_map.float(), ref.anomaly_map, atol=0.1, rtol=0)
+    loss = UltraADLoss()(low, torch.zeros(3, 1, 64, 64), torch.tensor([0, 1, 2]))
+    assert loss["loss"].dtype == torch.float32 and torch.isfinite(loss["loss"])

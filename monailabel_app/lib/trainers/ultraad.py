@@ -33,6 +33,7 @@ from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data import sample_k_shot
 from monai_ultraad.errors import InputDataError, UltraADError
 from monai_ultraad.io_utils import atomic_write_bytes, atomic_write_json
+from monai_ultraad.runtime import tune_cpu_allocator
 
 logger = logging.getLogger(__name__)
 STATS_NAME = "train_stats.json"
@@ -46,7 +47,8 @@ class UltraADTrain(TrainTask):
         self.provider = provider
 
     def config(self) -> dict[str, Any]:
-        return {"shots": 8, "epochs": 20, "batch_size": 8, "lr": 1e-3, "seed": 0}
+        # a list is a drop-down in MONAI Label's Slicer module; its first entry is the default
+        return {"shots": 8, "epochs": 20, "batch_size": 8, "lr": 1e-3, "seed": 0, "precision": list(engine.PRECISIONS)}
 
     def stats(self) -> dict[str, Any]:
         path = self.provider.settings.model_dir / STATS_NAME
@@ -99,9 +101,15 @@ class UltraADTrain(TrainTask):
         shot_ids = {it["id"] for it in shots}
         validation = [it for it in items if it["id"] not in shot_ids]
 
+        tune_cpu_allocator()  # MONAI Label trains in a subprocess of its own: only that process is changed
         model = engine.build_model(self.provider.backbone, seed=seed)
-        config = engine.TrainConfig(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]),
-                                    lr=float(params["lr"]), seed=seed)
+        precision = params.get("precision", engine.PRECISIONS[0])
+        precision = precision[0] if isinstance(precision, list) else str(precision)
+        try:
+            config = engine.TrainConfig(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]),
+                                        lr=float(params["lr"]), seed=seed, precision=precision)
+        except ValueError as exc:
+            raise UltraADError(f"invalid training parameters: {exc}") from exc
         store = engine.build_store(self.provider.backbone, cache_dir=settings.model_dir / "features", progress=False)
         fit_start = time.perf_counter()
         result = engine.fit(model, shots, validation, store, config, progress=False)
