@@ -207,12 +207,13 @@ def _selection_score(metrics: dict[str, Any]) -> float:
 # ---------------------------------------------------------------------------------------------------- inference core
 @torch.no_grad()
 def run_head(
-    model: UltraAD, features: VisualFeatures, samples: Sequence[EvalSample]
+    model: UltraAD, features: VisualFeatures, samples: Sequence[EvalSample], precision: str = "fp32"
 ) -> tuple[UltraADOutput, list[np.ndarray]]:
-    """Head forward + heatmaps mapped back to each image's original geometry."""
+    """Head forward + heatmaps mapped back to each image's original geometry (``precision``: see :func:`autocast`)."""
     model = unwrap(model)
     model.eval()
-    out = model.forward_features(features)
+    with autocast(precision, model.memory.class_text.device):
+        out = model.forward_features(features)
     maps = [
         map_to_original(out.anomaly_map[i].float().cpu(), s.size, model.image_size).squeeze(0).numpy()
         for i, s in enumerate(samples)
@@ -225,13 +226,18 @@ def evaluate_features(
     batches: Iterable[tuple[VisualFeatures, Sequence[EvalSample]]],
     threshold: float = 0.5,
     keep_maps: bool = False,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[np.ndarray]]:
-    """Score (features, samples) batches; returns metrics, per-image predictions and (optionally) the maps."""
+    """Score (features, samples) batches; returns metrics, per-image predictions and (optionally) the maps.
+
+    ``precision`` "bf16" runs the head in bfloat16 autocast: :func:`fit` compares its epochs that way when it trains
+    in bf16; thresholds, reported metrics and inference always use float32.
+    """
     evaluator = UltraADEvaluator(threshold=threshold, class_names=model.class_names)
     predictions: list[dict[str, Any]] = []
     kept: list[np.ndarray] = []
     for features, samples in batches:
-        out, maps = run_head(model, features, samples)
+        out, maps = run_head(model, features, samples, precision)
         probs = out.class_probs.float().cpu().numpy()
         scores = out.anomaly_score.float().cpu().numpy()
         targets = np.array([s.label for s in samples])
@@ -366,7 +372,7 @@ def fit(
         epoch_seconds.append(time.perf_counter() - start)
         record: dict[str, Any] = {"epoch": epoch, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
         if val_batches and (epoch % config.val_every == 0 or epoch == config.epochs):
-            metrics, _, _ = evaluate_features(model, val_batches)
+            metrics, _, _ = evaluate_features(model, val_batches, precision=config.precision)
             score = _selection_score(metrics)
             record.update({f"val_{k}": metrics.get(k) for k in SELECTION_METRICS}, val_score=score)
             if not math.isnan(score) and score > best_score:

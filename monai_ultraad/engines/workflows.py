@@ -51,19 +51,23 @@ class FewShotEvaluator(SupervisedEvaluator):
 
     ``engine.state.output`` per iteration: ``probs`` (B, C), ``scores`` (B,), ``labels`` (B,), ``maps`` (list of
     (H, W) heatmaps at each image's original size), ``masks`` (matching ground truth) and ``ids``; the
-    :class:`~monai_ultraad.engines.UltraADMetric` and the report writer consume it.
+    :class:`~monai_ultraad.engines.UltraADMetric` and the report writer consume it. ``precision`` "bf16" is for
+    the per-epoch validation of a bf16 training run (comparing epochs); evaluation proper stays "fp32".
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, precision: str = "fp32", **kwargs: Any) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         kwargs.setdefault("decollate", False)
         super().__init__(*args, **kwargs)
+        self.precision = precision
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         samples = batchdata["samples"]
         features = VisualFeatures(batchdata["cls_token"], batchdata["patch_tokens"])
-        out, maps = run_head(engine.network, features, samples)
+        out, maps = run_head(engine.network, features, samples, self.precision)
         engine.state.output = {
             "probs": out.class_probs.float().cpu().numpy(),
             "scores": out.anomaly_score.float().cpu().numpy(),
