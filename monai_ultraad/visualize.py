@@ -300,15 +300,21 @@ def plot_roc_curves(
 
     The legend shows each curve's AUROC (:func:`sklearn.metrics.roc_auc_score`). A curve whose
     targets hold a single class has no ROC; it is listed in the legend as undefined instead of
-    failing the whole plot. With ``random_weights`` a red warning is printed on the figure.
+    failing the whole plot. With ``random_weights`` a red warning is printed on the figure. Beyond
+    six curves the legend moves beside the plot and every curve gets its own colour and line style
+    (matplotlib's default cycle repeats after ten colours).
     """
     from sklearn.metrics import roc_auc_score, roc_curve  # only plots need the ROC points
 
-    fig = Figure(figsize=(5.0, 5.0), dpi=dpi)
+    many = len(curves) > 6
+    fig = Figure(figsize=(9.0 if many else 5.0, 5.0), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    palette = matplotlib.colormaps["tab20"].colors
+    styles = [{"color": palette[i % len(palette)], "linestyle": ("-", "--", ":")[i // len(palette) % 3]}
+              for i in range(len(curves))] if many else [{} for _ in curves]
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (0.500)")
-    for name, (targets, scores) in curves.items():
+    for style, (name, (targets, scores)) in zip(styles, curves.items()):
         t = _np(targets).reshape(-1).astype(np.int64)
         s = _np(scores).reshape(-1).astype(np.float64)
         if t.shape != s.shape:
@@ -317,14 +323,17 @@ def plot_roc_curves(
             ax.plot([], [], " ", label=f"{name}: AUROC undefined (one class, n={t.size})")
             continue
         fpr, tpr, _ = roc_curve(t, s)
-        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUROC {roc_auc_score(t, s):.3f}, n={t.size})")
+        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUROC {roc_auc_score(t, s):.3f}, n={t.size})", **style)
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_aspect("equal")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title("\n".join(textwrap.wrap(title, 50)) or "ROC")
-    ax.legend(loc="lower right", fontsize="small")
+    if many:
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="x-small")
+    else:
+        ax.legend(loc="lower right", fontsize="small")
     if random_weights:
         fig.text(0.5, 0.005, SHORT_RANDOM_WEIGHTS_WARNING, color="red", ha="center", va="bottom", fontweight="bold")
     fig.tight_layout(rect=(0, 0.04 if random_weights else 0, 1, 1))

@@ -100,6 +100,20 @@ def test_plot_roc_curves_writes_png(tmp_path):
     assert not (tmp_path / "bad.png").exists()
 
 
+
+def test_many_roc_curves_get_distinct_styles_and_a_side_legend(tmp_path):
+    rng = np.random.default_rng(1)
+    t = rng.integers(0, 2, 80)
+    curves = {f"method {i}": (t, t * (i / 17) + rng.normal(0, 1, 80)) for i in range(17)}
+    few, many = tmp_path / "few.png", tmp_path / "many.png"
+    plot_roc_curves(few, dict(list(curves.items())[:3]))
+    plot_roc_curves(many, curves)
+    with Image.open(few) as a, Image.open(many) as b:
+        assert b.width > 1.5 * a.width and b.height == a.height  # the legend sits beside the plot
+        pixels = np.asarray(b.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(c) for c in pixels[(pixels.max(1) - pixels.min(1)) > 60]}  # saturated: curve colours
+    assert len(colours) >= 10
+
 def test_float_image_on_0_255_scale_is_not_clipped_to_white(scene):
     image, heat, _ = scene
     a = overlay_heatmap(image, heat, alpha=0.0)
