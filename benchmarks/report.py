@@ -33,14 +33,20 @@ COLUMNS = (
 
 
 def summarise(cells: Mapping[tuple[str, int, int], dict[str, Any]]) -> dict[str, Any]:
-    """``{target: {method: {k: {metric: MetricSummary}}}}`` over seeds; not-applicable metrics stay absent."""
+    """``{target: {method: {k: {metric: MetricSummary}}}}`` over seeds; not-applicable metrics stay absent.
+
+    A metric that applies but is undefined (e.g. image AUROC on a target without normal images) is NaN in memory and
+    null in a cell file; both count as an undefined value (n = 0), so a report computed in the run and one re-rendered
+    from the files agree. Not-applicable metrics are the ones the cell lists in ``not_applicable``.
+    """
     grouped: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for (method, k, _seed), cell in cells.items():
         for target, res in cell["targets"].items():
             grouped.setdefault((target, method, k), []).append(res["metrics"])
     out: dict[str, Any] = {}
     for (target, method, k), runs in sorted(grouped.items(), key=lambda x: (x[0][0], x[0][2])):
-        numeric = [{m: v for m, v in r.items() if v is not None} for r in runs]
+        numeric = [{m: math.nan if v is None else v for m, v in r.items() if m not in r.get("not_applicable", ())}
+                   for r in runs]
         out.setdefault(target, {}).setdefault(method, {})[str(k)] = summarize_over_seeds(numeric)
     return out
 
@@ -74,7 +80,9 @@ def markdown(run: Mapping[str, Any], summary: Mapping[str, Any], cards: Mapping[
         ("- metric resolution: original image size (maps mapped back through the square padding); Dice/IoU at the "
          "validation threshold; ECE with 15 bins on the class probabilities"),
         (f"- produced by: `{run['command']}` on {run['host']} ({run['started']}), "
-         f"torch {run['versions']['torch']}, open_clip {run['versions']['open_clip']}"),
+         f"torch {run['versions']['torch']}, open_clip {run['versions']['open_clip']}"
+         + (f"; report re-rendered from the finished cells by `{run['report_rendered']['command']}` "
+            f"({run['report_rendered']['at']})" if run.get("report_rendered") else "")),
         "",
     ]
     for target, info in run["targets"].items():

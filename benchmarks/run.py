@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the report from the finished cells only; list the missing ones, compute nothing")
     parser.add_argument("--fresh", action="store_true", help="discard finished cells of an earlier run")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded as the run's command
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tune_cpu_allocator()
     try:
@@ -238,11 +239,16 @@ def run(args: argparse.Namespace) -> int:
         "random_reason": random_reason, "backbone": backbone.description, "shots": cfg["shots"],
         "seeds": cfg["seeds"], "split_seed": cfg["split_seed"], "test_fraction": cfg["test_fraction"],
         "max_val_per_class": cfg["max_val_per_class"], "train_dataset": cfg["train_dataset"],
-        "targets": descriptions, "command": "python -m benchmarks.run " + shlex.join(sys.argv[1:]),
+        "targets": descriptions, "command": "python -m benchmarks.run " + shlex.join(args.argv),
         "host": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",  # no host name in results
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version()},
     }
+    if args.report_only and run_file.exists():
+        # re-rendering a report: the cells were produced by the earlier run's command; keep its provenance
+        previous = json.loads(run_file.read_text())
+        run_info["report_rendered"] = {"command": run_info["command"], "at": run_info["started"]}
+        run_info.update({k: previous[k] for k in ("command", "host", "started", "versions") if k in previous})
     atomic_write_json(run_file, run_info, nan_as_null=True)
 
     store = engine.build_store(backbone, cache_dir=cfg["cache_dir"] or True, batch_size=cfg["batch_size"],
@@ -298,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
                 if kept:
                     save_thumbs(thumb_path, kept)
                 protocol.write_cell(path, record)
-                cells[(cls.name, k, seed)] = record
+                cells[(cls.name, k, seed)] = json.loads(path.read_text())  # as a later --report-only reads it
             if (k, seed) == (grid_k, grid_seed):
                 thumbs[cls.name] = load_thumbs(thumb_path)
             bar.update(1)

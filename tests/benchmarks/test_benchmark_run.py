@@ -101,6 +101,12 @@ def test_report_only_lists_missing_cells(smoke_run, tmp_path):
     assert "MVFA" not in results["summary"]["bus_uclm_test"]
     assert "**Partial:** 1 cells were not computed" in (partial / "results.md").read_text()
     assert not (partial / "cells" / "mvfa").exists()  # nothing computed
+    # the cells' provenance is the run that computed them; the re-rendering is recorded beside it
+    original = json.loads((out / "results.json").read_text())
+    assert results["run"]["command"] == original["run"]["command"] and "--report-only" not in results["run"]["command"]
+    assert "--report-only" in results["run"]["report_rendered"]["command"]
+    # the same cells give the same summary whether just computed or read back from their files
+    assert results["summary"]["bus_uclm_test"]["UltraAD"] == original["summary"]["bus_uclm_test"]["UltraAD"]
 
 
 @pytest.mark.realdata
