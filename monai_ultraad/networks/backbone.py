@@ -220,7 +220,6 @@ class TextKVCache:
         return self.keys[0].shape[1]
 
 
-
 class FrozenTextEncoder(nn.Module):
     """The CLIP text tower, able to encode token embeddings so that prompts can contain learnable tokens.
 
@@ -339,18 +338,14 @@ class FrozenTextEncoder(nn.Module):
         keys, values = [], []
         for index, block in enumerate(self.transformer.resblocks):
             attn = block.attn
-            heads = attn.num_heads
             q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
             keys.append(k)
             values.append(v)
             if past is not None:
                 k = torch.cat([past.keys[index].to(k.dtype), k], dim=1)
                 v = torch.cat([past.values[index].to(v.dtype), v], dim=1)
-
-            def split(t: torch.Tensor) -> torch.Tensor:
-                return t.reshape(n_seq, -1, heads, width // heads).transpose(1, 2)
-
-            out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=visible)
+            q, k, v = (t.reshape(n_seq, -1, attn.num_heads, attn.head_dim).transpose(1, 2) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
             out = attn.out_proj(out.transpose(1, 2).reshape(n_seq, n_new, width))
             x = x + block.ls_1(out)
             x = x + block.ls_2(block.mlp(block.ln_2(x)))

@@ -120,7 +120,7 @@ class ImageAwarePromptLearner(nn.Module):
 
         The prompt is then encoded in three causal pieces: the cached prefix, the learnable context (the same for
         every image: once per step) and the instance token with the rest of the prompt (per image). Same result as
-        encoding the whole prompt per image (a test checks it), about 4x less text-tower work in training.
+        encoding the whole prompt per image (a test checks it), about 3x less text-tower time in training.
         """
         start = int(self.ctx_slots[0, 0])
         contiguous = torch.arange(start, start + self.n_ctx + 1)
@@ -161,7 +161,8 @@ class ImageAwarePromptLearner(nn.Module):
         tokens = torch.cat([self.ctx.unsqueeze(0).expand(2, -1, -1).to(instance), tails.flatten(1, 2)], dim=1)
         tail_pos = torch.arange(start + n_ctx, start + n_ctx + tail_len, device=device)
         positions = torch.cat([torch.arange(start, start + n_ctx, device=device), tail_pos.repeat(batch)])
-        owner = torch.cat([torch.full((n_ctx,), -1, device=device), torch.arange(batch, device=device).repeat_interleave(tail_len)])
+        image_of_tail = torch.arange(batch, device=device).repeat_interleave(tail_len)
+        owner = torch.cat([torch.full((n_ctx,), -1, device=device), image_of_tail])  # -1: shared context
         new_visible = (owner[None, :] == -1) | (owner[None, :] == owner[:, None])  # context, or the same image
         new_visible &= positions[None, :] <= positions[:, None]  # causal
         visible = torch.cat([torch.ones(len(positions), start, dtype=torch.bool, device=device), new_visible], dim=1)
