@@ -4,7 +4,9 @@
     python -m benchmarks.speed --device cuda --precision bf16 --batch 64 --compile      # a GPU, bf16 weights
 
 Prints a table and the targets (head overhead <= 10% of backbone time; k=16 training under a minute on a 2-core
-CPU; on a GPU >= 700 images/s end to end at batch 64). Timings are medians over ``--repeats`` after one warm-up.
+CPU; on a GPU >= 700 images/s end to end at batch 64). Training is timed in every ``--train-precision`` (fp32 and
+bf16 by default), and with ``--train-validation`` also with validation after every epoch as ``fit`` runs by
+default. Inference timings are medians over ``--repeats`` after one warm-up.
 Random weights time exactly like real ones (same shapes and operations); the numbers are about speed only.
 """
 
