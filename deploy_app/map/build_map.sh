@@ -14,38 +14,17 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 TAG=${1:-ultraad-map:0.1.0}
-# the Debian mirror apt uses here (first URIs:/deb line, comments ignored)
-MIRROR=${DEBIAN_MIRROR:-$( (cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true) \
-    | grep -E '^(URIs:|deb )' | grep -oE 'https?://[^ ]+' | head -n1 || true)}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
+# shellcheck source=podman_base.sh
+source "$HERE/podman_base.sh"
 echo "== 1/4 container engine"
-command -v podman >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; }
-if [ ! -f /etc/containers/containers.conf ] || ! grep -q 'cgroup_manager = "cgroupfs"' /etc/containers/containers.conf; then
-    mkdir -p /etc/containers
-    cat > /etc/containers/containers.conf <<'CONF'
-[containers]
-default_ulimits = []
-netns = "host"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-CONF
-fi
-
+ultraad_setup_podman
 echo "== 2/4 local Debian base (localdeb:bookworm)"
-if ! podman image exists localdeb:bookworm; then
-    debootstrap --variant=minbase bookworm "$WORK/root" "$MIRROR" >/dev/null
-    tar -C "$WORK/root" -c . | podman import - localdeb:bookworm
-    rm -rf "$WORK/root"
-fi
-
+ultraad_local_debian
 echo "== 3/4 base image (ultraad-mapbase:bookworm)"
-mkdir -p "$WORK/base"
-cp /usr/local/share/ca-certificates/*.crt "$WORK/base/" 2>/dev/null || cp /etc/ssl/certs/ca-certificates.crt "$WORK/base/host-bundle.crt"
-podman build -q -t ultraad-mapbase:bookworm -f "$HERE/base.Containerfile" "$WORK/base"
+ultraad_mapbase
 
 echo "== 4/4 MAP image ($TAG)"
 ctx="$WORK/map"

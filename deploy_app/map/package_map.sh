@@ -47,45 +47,14 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 [ "$(id -u)" = 0 ] || { echo "package_map.sh: run as root (podman, apt, /etc/containers)" >&2; exit 2; }
 
+# shellcheck source=podman_base.sh
+source "$HERE/podman_base.sh"
 echo "== 1/7 container engine (podman)"
-need=()
-for c in podman runc debootstrap; do command -v "$c" >/dev/null || need+=("$c"); done
-dpkg -s podman-docker >/dev/null 2>&1 || need+=(podman-docker)
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $NICE apt-get install -y -qq podman podman-docker runc debootstrap >/dev/null
-fi
-CONF=/etc/containers/containers.conf
-if ! grep -qs '^nvidia = \["/usr/sbin/runc"\]' "$CONF"; then
-    [ -f "$CONF" ] && cp "$CONF" "$CONF.before-ultraad-map"
-    mkdir -p /etc/containers
-    cat > "$CONF" <<'CONF'
-# written by monai_ultraad deploy_app/map/package_map.sh (previous file, if any: containers.conf.before-ultraad-map)
-[containers]
-default_ulimits = []
-netns = "host"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-[engine.runtimes]
-nvidia = ["/usr/sbin/runc"]
-CONF
-fi
-
+ultraad_setup_podman with-docker
 echo "== 2/7 local Debian root image (localdeb:bookworm)"
-if ! podman image exists localdeb:bookworm; then
-    MIRROR=${DEBIAN_MIRROR:-$( (cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true) \
-        | grep -E '^(URIs:|deb )' | grep -oE 'https?://[^ ]+' | grep -v security | head -n1 || true)}
-    $NICE debootstrap --variant=minbase bookworm "$WORK/root" "${MIRROR:-http://deb.debian.org/debian}" >/dev/null
-    tar -C "$WORK/root" -c . | podman import - localdeb:bookworm >/dev/null
-    rm -rf "$WORK/root"
-fi
-
+ultraad_local_debian
 echo "== 3/7 base image (ultraad-mapbase:bookworm)"
-mkdir -p "$WORK/base"
-cp /usr/local/share/ca-certificates/*.crt "$WORK/base/" 2>/dev/null \
-    || cp /etc/ssl/certs/ca-certificates.crt "$WORK/base/host-bundle.crt"
-$NICE podman build -q -t ultraad-mapbase:bookworm -f "$HERE/base.Containerfile" "$WORK/base" >/dev/null
+ultraad_mapbase
 
 echo "== 4/7 runtime image for --base-image ($RUNTIME_IMAGE)"
 mkdir -p "$WORK/runtime/wheels"
