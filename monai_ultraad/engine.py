@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import functools
 import io
 import logging
 import math
@@ -89,9 +90,20 @@ def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractC
     if precision != "bf16":
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device_type = torch.device(device).type
-    if device_type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        logger.warning("precision bf16: this CPU has no native bfloat16 support, so training will be SLOWER than fp32")
+    if device_type == "cpu":
+        _warn_if_cpu_bf16_is_emulated()
     return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+@functools.cache
+def _warn_if_cpu_bf16_is_emulated() -> None:
+    """Warn once per process (autocast is entered every step) when the CPU has no native bfloat16."""
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        native = False
+    if not native:
+        logger.warning("precision bf16: this CPU has no native bfloat16 support, so training will be SLOWER than fp32")
 
 
 @dataclass
