@@ -56,6 +56,7 @@ def test_info_names_models_trainer_and_strategy(server):
     assert info["name"] == "UltraAD" and info["labels"] == {"benign": 1, "malignant": 2}
     assert info["models"]["ultraad"]["dimension"] == 2
     assert "ultraad" in info["trainers"] and "most_uncertain" in info["strategies"]
+    assert info["trainers"]["ultraad"]["config"]["precision"] == ["fp32", "bf16"]  # Slicer's drop-down, fp32 first
 
 
 def test_datastore_lists_every_image(server, studies):
@@ -123,7 +124,7 @@ def test_train_k8_from_datastore_labels_then_infer_uses_it(server, studies):
     from monai_ultraad import engine
 
     start = time.perf_counter()
-    task = server.train({"shots": 8, "epochs": 20, "seed": 0})
+    task = server.train({"shots": 8, "epochs": 20, "seed": 0, "precision": "bf16"})  # as Slicer's drop-down sends it
     wall = time.perf_counter() - start
     assert task["status"] == "DONE", "\n".join(task.get("details", []))
     stats = json.loads(server.get("/info/")[1])["train_stats"]["ultraad"]
@@ -132,6 +133,7 @@ def test_train_k8_from_datastore_labels_then_infer_uses_it(server, studies):
     assert stats["random_weights"] is True and stats["skipped"] == []
     payload = engine.read_checkpoint(server.model_dir / "ultraad.pt")  # the core package's format and reader
     assert len(payload["split"]["shots"]) == 24 and payload["train_config"]["seed"] == 0
+    assert payload["train_config"]["precision"] == "bf16"
     assert payload["extra"]["source"] == "monailabel_app" and payload["random_weights"] is True
     print(f"\ntrain k=8 (tiny backbone): fit {stats['fit_seconds']:.2f} s, task {stats['total_seconds']:.2f} s, "
           f"request to DONE {wall:.1f} s")
