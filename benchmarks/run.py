@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
                 if kept:
                     save_thumbs(thumb_path, kept)
                 protocol.write_cell(path, record)
-                cells[(cls.name, k, seed)] = json.loads(path.read_text())  # as a later --report-only reads it
+                cells[(cls.name, k, seed)] = record
             if (k, seed) == (grid_k, grid_seed):
                 thumbs[cls.name] = load_thumbs(thumb_path)
             bar.update(1)

@@ -69,26 +69,30 @@ class TrainConfig:
     seg_weight: float = 1.0
     cls_weight: float = 1.0
     val_every: int = 1
-    #: "fp32", or "bf16": the head's forward in bfloat16 autocast (loss, optimiser and weights stay float32). About
-    #: 1.7x faster training on CPUs with native bfloat16 (AVX512-BF16 / AMX) and on recent GPUs; not bit-identical
-    #: to fp32, so it is recorded with the checkpoint. Evaluation and inference always run in float32.
+    #: "fp32", or "bf16": the head's forward in bfloat16 autocast (loss, optimiser and weights stay float32).
+    #: Measured 1.65x faster k=16 training on a 2-core CPU with AVX512-BF16 (``benchmarks/speed.py``); not
+    #: bit-identical to fp32, so it is recorded with the checkpoint. Evaluation and inference always run in float32.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
 
 
 #: Training precisions understood by :class:`TrainConfig`.
 PRECISIONS = ("fp32", "bf16")
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
     """The autocast context of a training ``precision`` on ``device`` (a no-op for fp32)."""
-    if precision == "fp32":
+    if check_precision(precision) == "fp32":
         return contextlib.nullcontext()
-    if precision != "bf16":
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device_type = torch.device(device).type
     if device_type == "cpu":
         _warn_if_cpu_bf16_is_emulated()
@@ -616,6 +620,7 @@ __all__ = [
     "autocast",
     "build_model",
     "build_store",
+    "check_precision",
     "choose_threshold",
     "evaluate",
     "evaluate_features",

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
-from monai_ultraad.engine import PRECISIONS, FewShotBatch, run_head, training_step
+from monai_ultraad.engine import FewShotBatch, check_precision, run_head, training_step
 from monai_ultraad.networks.backbone import VisualFeatures
 
 
@@ -26,11 +26,9 @@ class FewShotTrainer(SupervisedTrainer):
     """
 
     def __init__(self, *args: Any, precision: str = "fp32", **kwargs: Any) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = check_precision(precision)
         kwargs.setdefault("decollate", False)
         super().__init__(*args, **kwargs)
-        self.precision = precision
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
@@ -56,11 +54,9 @@ class FewShotEvaluator(SupervisedEvaluator):
     """
 
     def __init__(self, *args: Any, precision: str = "fp32", **kwargs: Any) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = check_precision(precision)
         kwargs.setdefault("decollate", False)
         super().__init__(*args, **kwargs)
-        self.precision = precision
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:

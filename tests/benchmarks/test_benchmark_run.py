@@ -131,3 +131,21 @@ def test_missing_weight_file_is_an_error_not_a_random_fallback(tmp_path, caplog)
     assert code == 2
     assert "weight file not found" in caplog.text
     assert not (tmp_path / "o").exists()
+
+
+def test_summary_is_the_same_from_memory_and_from_cell_files(tmp_path):
+    """An undefined metric is NaN in a fresh cell and null in its file: both must summarise as undefined (n=0);
+    a not-applicable metric stays absent either way."""
+    from benchmarks import protocol, report
+    from monai_ultraad.io_utils import to_jsonable
+
+    metrics = {"image_auroc": float("nan"), "pixel_auroc": None, "dice": 0.5, "not_applicable": ["pixel_auroc"]}
+    fresh = {("UltraAD", 4, 0): {"targets": {"bus_bra": {"metrics": metrics}}}}
+    path = tmp_path / "cell.json"
+    protocol.write_cell(path, fresh[("UltraAD", 4, 0)])
+    from_file = {("UltraAD", 4, 0): json.loads(path.read_text())}
+    assert from_file[("UltraAD", 4, 0)]["targets"]["bus_bra"]["metrics"]["image_auroc"] is None  # null on disk
+    a, b = (to_jsonable(report.summarise(c), nan_as_null=True) for c in (fresh, from_file))
+    assert a == b
+    summary = a["bus_bra"]["UltraAD"]["4"]
+    assert summary["image_auroc"]["n"] == 0 and summary["dice"]["mean"] == 0.5 and "pixel_auroc" not in summary

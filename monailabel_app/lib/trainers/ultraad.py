@@ -103,7 +103,7 @@ class UltraADTrain(TrainTask):
 
         tune_cpu_allocator()  # MONAI Label trains in a subprocess of its own: only that process is changed
         model = engine.build_model(self.provider.backbone, seed=seed)
-        precision = params.get("precision", engine.PRECISIONS[0])
+        precision = params["precision"]  # the drop-down's list itself when the client left it unchanged
         precision = precision[0] if isinstance(precision, list) else str(precision)
         try:
             config = engine.TrainConfig(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]),
