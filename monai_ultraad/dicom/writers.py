@@ -36,7 +36,6 @@ Nothing here logs patient or study attributes; only generated UIDs appear in fil
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime as _dt
 import io
 import logging
@@ -59,6 +58,7 @@ from pydicom.uid import generate_uid
 
 from monai_ultraad import __version__ as _PACKAGE_VERSION
 from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
+from monai_ultraad.dicom.source_header import conformant_header, iod_sop_class, is_multiframe_sop_class
 from monai_ultraad.errors import InputDataError
 from monai_ultraad.io_utils import atomic_write_bytes
 
@@ -92,7 +92,6 @@ _NOT_FOR_CLINICAL_USE = "not for clinical use"
 #: Deterministic mode needs a fixed clock too: highdicom stamps Instance Creation / Content Date and Time otherwise.
 _FIXED_TIMESTAMP = _dt.datetime(2000, 1, 1, 0, 0, 0)
 
-_PIXEL_DATA_TAGS = (Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData"))
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MULTIFRAME_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
 _SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -135,8 +134,22 @@ _QUALITATIVE_EVALUATIONS_TEXT = hd.sr.CodedConcept(
 )
 
 
+#: Concepts of :data:`_LOCAL_CONCEPTS` that a standard code names exactly; these are written instead of the private
+#: code. DCM 111047 "Probability of cancer" is CID 6048's CAD output probability; DCM 122411 "Threshold Value".
+#: P(normal), P(benign), the anomaly score and the predicted-class evaluation have no standard code: they stay in the
+#: private scheme, declared in the SR's Coding Scheme Identification Sequence (dciodvfy does not read that sequence
+#: and warns "Unrecognized defined term <99ULTRAAD>" on each of them; README lists this).
+_STANDARD_CONCEPTS: dict[str, hd.sr.CodedConcept] = {
+    "P-MALIGNANT": hd.sr.CodedConcept(value="111047", scheme_designator="DCM", meaning="Probability of cancer"),
+    "HEATMAP-THRESH": hd.sr.CodedConcept(value="122411", scheme_designator="DCM", meaning="Threshold Value"),
+}
+
+
 def concept(code_value: str) -> hd.sr.CodedConcept:
-    """The private-scheme concept ``code_value`` (one of ``P-NORMAL``, ``ANOMALY-SCORE``, ... in this module)."""
+    """The concept UltraAD names ``code_value`` (one of ``P-NORMAL``, ``ANOMALY-SCORE``, ... in this module): the
+    standard code where one exists (:data:`_STANDARD_CONCEPTS`), else the private-scheme code."""
+    if code_value in _STANDARD_CONCEPTS:
+        return _STANDARD_CONCEPTS[code_value]
     try:
         meaning = _LOCAL_CONCEPTS[code_value]
     except KeyError:
@@ -336,6 +349,13 @@ def _number_of_frames(source: Dataset) -> int:
     return int(source.get("NumberOfFrames", 1) or 1)
 
 
+def _frames_referenceable(source: Dataset) -> bool:
+    """Whether references to ``source`` may name its frames: only for multi-frame SOP classes (PS3.3 10.3). A
+    single-frame SOP class object that nevertheless holds several frames (e.g. 2-frame Ultrasound Image Storage
+    files) is referenced as a whole; which of its frames a SEG frame shows is then said by its Frame Label."""
+    return is_multiframe_sop_class(source.SOPClassUID)
+
+
 def _is_multiframe(source: Dataset) -> bool:
     """A multi-frame object: it holds more than one frame or its SOP class is a multi-frame one (e.g. Ultrasound
     Multi-frame Image Storage with a single frame). References to frames of such objects carry frame numbers."""
@@ -383,17 +403,34 @@ def _checked_predictions(source: Dataset, predictions: Sequence[_PredictionLike]
 
 
 def _header_only(source: Dataset) -> Dataset:
-    """A deep copy of ``source`` without its pixel data (highdicom needs only the metadata).
+    """A header-only copy of ``source`` with conformant values (see :mod:`monai_ultraad.dicom.source_header`)."""
+    return conformant_header(source, warn_label="source image")
 
-    Stray item / delimitation tags (group FFFE) at the top level - some real files carry one, e.g. fo-dicom's
-    DIRW0007 - are not data elements; pydicom cannot even convert them, so they are left out.
-    """
-    header = Dataset()
-    for tag in source.keys():  # noqa: SIM118 - iterating the Dataset itself would convert (and choke on) FFFE tags
-        if tag.group == 0xFFFE or tag in _PIXEL_DATA_TAGS:
-            continue
-        header.add(copy.deepcopy(source[tag]))
+
+def _for_highdicom(source: Dataset) -> Dataset:
+    """The header highdicom builds from: conformant, and with a retired SOP class looked up as the current one of the
+    same IOD (highdicom's module tables know only current classes); :func:`_restore_source_sop_class` puts the
+    source's real class back into the references afterwards."""
+    header = _header_only(source)
+    header.SOPClassUID = iod_sop_class(source.SOPClassUID)
     return header
+
+
+def _restore_source_sop_class(dataset: Dataset, source: Dataset) -> None:
+    """Every reference to ``source`` names its real SOP Class UID (see :func:`_for_highdicom`)."""
+    real = str(source.SOPClassUID)
+    if iod_sop_class(real) == real:
+        return
+
+    def walk(ds: Dataset) -> None:
+        if ds.get("ReferencedSOPInstanceUID") == source.SOPInstanceUID and "ReferencedSOPClassUID" in ds:
+            ds.ReferencedSOPClassUID = real
+        for element in ds:
+            if element.VR == "SQ":
+                for item in element.value:
+                    walk(item)
+
+    walk(dataset)
 
 
 def _output_path(output_dir: str | os.PathLike[str], prefix: str, uid: str) -> Path:
@@ -546,6 +583,20 @@ def _add_source_frame_dimension(seg: Dataset, uids: UIDFactory) -> None:
         content.FrameLabel = f"source frame {source_frame}"
 
 
+def _drop_frame_numbers_of_single_frame_class(seg: Dataset) -> None:
+    """Remove the source frame numbers of the Derivation Image references of a source whose SOP class is single-frame.
+
+    Referenced Frame Number "shall not be present" for a Referenced SOP Class that is not multi-frame (dciodvfy reports
+    it as an error); the Frame Label added by :func:`_add_source_frame_dimension` still says which frame each SEG
+    frame shows. highdicom has no option for this, hence the keyword edit.
+    """
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in item.get("DerivationImageSequence", []):
+            for reference in derivation.get("SourceImageSequence", []):
+                if "ReferencedFrameNumber" in reference:
+                    del reference.ReferencedFrameNumber
+
+
 def _set_deterministic_dimension_uid(seg: Dataset, uid: str) -> None:
     """Replace the Dimension Organization UID highdicom draws at random (reproducible files need every UID fixed)."""
     seg.DimensionOrganizationSequence[0].DimensionOrganizationUID = uid
@@ -617,19 +668,22 @@ def _build_segmentation(
 
     if _is_multiframe(source) and hd.spatial.get_image_coordinate_system(source) is None:
         _check_highdicom_hooks()
-        header = _header_only(source)
+        header = _for_highdicom(source)
         header.NumberOfFrames = 1  # see _SourceFrameSegmentation: passes highdicom's single-frame check
         with _no_patient_data_in_warnings():
             seg: hd.seg.Segmentation = _SourceFrameSegmentation(
                 source_frame_numbers=frame_numbers, source_images=[header], **arguments
             )
         _add_source_frame_dimension(seg, uids)
+        if not _frames_referenceable(source):
+            _drop_frame_numbers_of_single_frame_class(seg)
     else:
         if _is_multiframe(source) and frame_numbers != list(range(1, _number_of_frames(source) + 1)):
             # highdicom copies one plane position per source frame; it cannot skip frames of a source with geometry.
             raise InputDataError("a multi-frame source with a Frame of Reference needs a prediction for every frame")
         with _no_patient_data_in_warnings():
-            seg = hd.seg.Segmentation(source_images=[_header_only(source)], **arguments)
+            seg = hd.seg.Segmentation(source_images=[_for_highdicom(source)], **arguments)
+    _restore_source_sop_class(seg, source)
 
     if uids.deterministic:
         _set_deterministic_dimension_uid(seg, uids.new(f"seg-{kind}-dimension-organization", source_uid))
@@ -735,9 +789,21 @@ def _seg_frame_by_source_frame(seg: Dataset, source: Dataset) -> dict[int, int]:
             continue
         if reference.ReferencedSOPInstanceUID != source.SOPInstanceUID:
             continue
-        source_frame = int(reference.get("ReferencedFrameNumber", 1) or 1)
+        source_frame = _source_frame_of(item, reference)
         mapping[source_frame] = seg_frame
     return mapping
+
+
+def _source_frame_of(item: Dataset, reference: Dataset) -> int:
+    """The source frame a SEG frame shows: its Referenced Frame Number, else (single-frame SOP class sources) the
+    number in its Frame Label ("source frame N"), else 1."""
+    if reference.get("ReferencedFrameNumber"):
+        return int(reference.ReferencedFrameNumber)
+    for content in item.get("FrameContentSequence", []):
+        match = re.fullmatch(r"source frame (\d+)", str(content.get("FrameLabel", "")))
+        if match:
+            return int(match.group(1))
+    return 1
 
 
 def _measurement(code_value: str, value: float, unit: Any, algorithm_id: hd.sr.AlgorithmIdentification, **kw: Any):
@@ -819,7 +885,7 @@ def write_report(
     if missing:
         raise InputDataError(f"binary_seg has no frame for source frame(s) {missing}")
 
-    multiframe_source = _is_multiframe(source)
+    multiframe_source = _frames_referenceable(source)
     algorithm_id = algorithm.sr_identification()
     no_units = codes.UCUM.NoUnits
     ratio = codes.UCUM.Ratio
@@ -910,7 +976,7 @@ def write_report(
     description = "UltraAD measurement report" + (" (RANDOM WEIGHTS)" if algorithm.random_weights else "")
     with _no_patient_data_in_warnings():
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[_header_only(source), binary_seg],
+            evidence=[_for_highdicom(source), binary_seg],
             content=report,
             series_instance_uid=uids.new("sr-series", source.SOPInstanceUID),
             series_number=series_number,
@@ -930,6 +996,7 @@ def write_report(
             ],
             **_time_kwargs(when),
         )
+    _restore_source_sop_class(sr, source)
     _stamp_creation_time(sr, when)
     path = _output_path(output_dir, "sr", sr.SOPInstanceUID)
     _write(sr, path)
@@ -1000,7 +1067,6 @@ def write_overlay(
         if algorithm.random_weights
         else (f"UltraAD {NOT_FOR_DIAGNOSIS_NOTE[0].lower()}{NOT_FOR_DIAGNOSIS_NOTE[1:]}")
     )
-    header = _header_only(source)
     sc = hd.sc.SCImage(
         pixel_array=np.ascontiguousarray(frames[0]),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
@@ -1023,7 +1089,7 @@ def write_overlay(
         specific_character_set=source.get("SpecificCharacterSet"),
         **_time_kwargs(when),
     )
-    sc.copy_patient_and_study_information(header)
+    sc.copy_patient_and_study_information(_for_highdicom(source))
     sc.PatientOrientation = source.get("PatientOrientation", None)
     # General Series Laterality is Type 2C (dciodvfy requires it for SC without Image Laterality); highdicom accepts
     # only R/L, so the source's value - often empty for ultrasound - is copied by keyword.
@@ -1038,7 +1104,7 @@ def write_overlay(
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    if _is_multiframe(source):
+    if _frames_referenceable(source):
         reference.ReferencedFrameNumber = numbers if len(numbers) > 1 else numbers[0]
     sc.SourceImageSequence = [reference]
 

@@ -204,9 +204,10 @@ def _check_report(source, preds, report: Path, binary: Path) -> None:
     for group, p in zip(groups, preds):
         values = {m.name.value: m.value for m in group.get_measurements()}
         for c, code in writers._PROBABILITY_CONCEPTS.items():
-            assert values[code] == pytest.approx(p.class_probs[c], abs=1e-9)
+            assert values[concept(code).value] == pytest.approx(p.class_probs[c], abs=1e-9)
         assert values["ANOMALY-SCORE"] == pytest.approx(p.anomaly_score, abs=1e-9)
-        assert values["HEATMAP-THRESH"] == pytest.approx(THRESHOLD)
+        assert values["122411"] == pytest.approx(THRESHOLD)  # DCM "Threshold Value"
+        assert values["111047"] == pytest.approx(p.class_probs["malignant"], abs=1e-9)  # DCM "Probability of cancer"
         for m in group.get_measurements():
             names = [
                 item.TextValue
