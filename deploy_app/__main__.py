@@ -6,8 +6,9 @@ Extra options (removed before the SDK parses the rest): ``--frame-step N`` (scor
 ``--deterministic-uids SEED`` (reproducible UIDs, for tests). Environment equivalents: ULTRAAD_FRAME_STEP,
 ULTRAAD_MAX_FRAMES, ULTRAAD_ALLOW_RANDOM_INIT=1, ULTRAAD_DETERMINISTIC_UIDS.
 
-Exit code: 0 every ultrasound image was processed; 1 some file could not be processed (see ultraad_run.json in the
-output folder); 2 nothing could be processed.
+Exit code: 0 every ultrasound image was processed; 1 some image failed or was not started (SIGTERM/SIGINT; see
+ultraad_run.json in the output folder); 2 nothing was processed (no image, bad model path, output folder not usable
+or held by another run). The summary is printed on stdout in every case, also when the report cannot be written.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from app import AppOptions, UltraADApp
+from operators import shutdown  # noqa: E402 - must run before torch / holoscan start threads
 
-from monai_ultraad.io_utils import atomic_write_json
+if __name__ == "__main__":
+    shutdown.install()  # SIGTERM / SIGINT: finish the source under way, then stop with a report
+
+from app import AppOptions, UltraADApp  # noqa: E402
 
 
 def split_options(argv: list[str]) -> tuple[AppOptions, list[str]]:
@@ -59,19 +63,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.argv = sdk_argv
     app = UltraADApp(options=options)
+    report = app.run_report
     try:
         app.run()
-    except Exception as exc:  # the model or the output folder is unusable: nothing more can be done
+    except Exception as exc:  # the model, the input or the output folder is unusable: nothing more can be done
         logging.getLogger("ultraad.deploy").error("run aborted: %s", exc)
         print(f"ultraad deploy app: run aborted: {exc}", file=sys.stderr)
-        app.run_report.failed.append({"file": "-", "reason": f"run aborted: {exc}"})
-    summary = app.run_report.to_dict()
+        report.aborted = str(exc)
+    summary = report.to_dict()
     for failure in summary["failed"]:
         print(f"ultraad deploy app: failed {failure['file']}: {failure['reason']}", file=sys.stderr)
-    if app.output_folder is not None:
-        atomic_write_json(app.output_folder / "ultraad_run.json", summary)
-    print(json.dumps({k: (v if k == "exit_code" else len(v)) for k, v in summary.items()}))
-    return app.run_report.exit_code
+    if report.not_started:
+        print(f"ultraad deploy app: stopped by {report.stopped_by}: {len(report.not_started)} file(s) not started",
+              file=sys.stderr)
+    if app.output is not None:  # this run holds the folder: its report goes there (never raises)
+        problem = app.output.write_report(summary)
+        app.output.close()
+        if problem:
+            print(f"ultraad deploy app: run report not written: {problem}", file=sys.stderr)
+    else:  # the folder is another run's, or unusable: its report (if any) is left alone
+        print("ultraad deploy app: no run report written (the output folder was not usable)", file=sys.stderr)
+    counts = {k: (v if not isinstance(v, (list, dict)) else len(v)) for k, v in summary.items()}
+    print(json.dumps(counts), flush=True)
+    return report.exit_code
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """UltraAD MONAI Deploy application: DICOM ultrasound in; DICOM SEG heatmaps, TID 1500 SR reports and Secondary
 Capture overlays out.
 
-Flow (one operator per step, named ports)::
+Flow (one operator per step; one source at a time travels the chain as a ``SourceWork`` on the ``source`` ports)::
 
-    StudyLoader --dicom_files--> UltrasoundSelector --images--> RegionCrop --cropped--> UltraADInference
-    UltraADInference --results--> SegWriter --segmentations--> SRWriter
-    UltraADInference --results--> OverlayWriter
+    StudyLoader -> UltrasoundSelector -> RegionCrop -> UltraADInference -> SegWriter -> SRWriter -> OverlayWriter
+        -> Publisher
+
+Before any operator runs, :meth:`UltraADApp.compose` takes the output folder (lock, stale staging, write probe),
+checks the model path, finds the sources and checks the free space. Writers stage their objects in the output
+folder's hidden staging folder; the publisher makes a source's objects visible together, or drops them all.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from monai.deploy.conditions import CountCondition
+import pydicom
+from monai.deploy.conditions import PeriodicCondition
 from monai.deploy.core import AppContext, Application
+from operators.output_folder import OutputFolder, estimated_output_bytes
 from operators.overlay_writer import OverlayWriterOperator
+from operators.publisher import PublisherOperator
 from operators.region_crop import RegionCropOperator
 from operators.run_report import RunReport
 from operators.seg_writer import SegWriterOperator
 from operators.sr_writer import SRWriterOperator
-from operators.study_loader import StudyLoaderOperator
+from operators.study_loader import InFlight, StudyLoaderOperator, find_sources
 from operators.ultraad_inference import UltraADInferenceOperator, resolve_model_files
 from operators.ultrasound_selector import UltrasoundSelectorOperator
 
@@ -47,6 +53,7 @@ class UltraADApp(Application):
         self.ultraad_options = options or AppOptions()
         self.run_report = RunReport()
         self.output_folder: Path | None = None
+        self.output: OutputFolder | None = None  # held (locked) by this run once compose() has opened it
 
     def compose(self) -> None:
         app_context: AppContext = Application.init_app_context(self.argv)
@@ -54,27 +61,40 @@ class UltraADApp(Application):
         output_folder = Path(app_context.output_path)
         model_path = Path(app_context.model_path)
         self.output_folder = output_folder
-        resolve_model_files(model_path)  # fail before reading the study when the model cannot be found
-        logger.info("input %s, output %s, model %s", input_folder, output_folder, model_path)
         opts, report = self.ultraad_options, self.run_report
+        report.input_root = input_folder
+        logger.info("input %s, output %s, model %s", input_folder, output_folder, model_path)
+        # Fail fast, before the model runs: output folder (one run at a time, writable), model path, free space.
+        self.output = output = OutputFolder.open(output_folder)
+        resolve_model_files(model_path)
+        sources = find_sources(input_folder, report)
+        selector = UltrasoundSelectorOperator(self, frame_step=opts.frame_step, max_frames=opts.max_frames,
+                                              name="ultrasound_selector")
+        output.check_space(max((_needed_bytes(p, selector) for p in sources), default=0))
 
-        loader = StudyLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, report=report,
-                                     name="study_loader")
-        selector = UltrasoundSelectorOperator(self, report=report, frame_step=opts.frame_step,
-                                              max_frames=opts.max_frames, name="ultrasound_selector")
-        crop = RegionCropOperator(self, name="region_crop")
-        inference = UltraADInferenceOperator(self, model_path=model_path, report=report,
-                                             allow_random_init=opts.allow_random_init, name="ultraad_inference")
-        seg_writer = SegWriterOperator(self, output_folder=output_folder, report=report,
-                                       uid_seed=opts.deterministic_uids, name="seg_writer")
-        sr_writer = SRWriterOperator(self, output_folder=output_folder, report=report,
-                                     uid_seed=opts.deterministic_uids, name="sr_writer")
-        overlay_writer = OverlayWriterOperator(self, output_folder=output_folder, report=report,
-                                               uid_seed=opts.deterministic_uids, name="overlay_writer")
+        in_flight = InFlight()
+        loader = StudyLoaderOperator(self, PeriodicCondition(self, recess_period=0.01, name="next_source"),
+                                     sources=sources, report=report, in_flight=in_flight, name="study_loader")
+        chain = [
+            loader,
+            selector,
+            RegionCropOperator(self, name="region_crop"),
+            UltraADInferenceOperator(self, model_path=model_path, allow_random_init=opts.allow_random_init,
+                                     name="ultraad_inference"),
+            SegWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="seg_writer"),
+            SRWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="sr_writer"),
+            OverlayWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="overlay_writer"),
+            PublisherOperator(self, output=output, report=report, in_flight=in_flight, name="publisher"),
+        ]
+        for upstream, downstream in zip(chain, chain[1:]):
+            self.add_flow(upstream, downstream, {("source", "source")})
 
-        self.add_flow(loader, selector, {("dicom_files", "dicom_files")})
-        self.add_flow(selector, crop, {("images", "images")})
-        self.add_flow(crop, inference, {("cropped", "cropped")})
-        self.add_flow(inference, seg_writer, {("results", "results")})
-        self.add_flow(seg_writer, sr_writer, {("segmentations", "segmentations")})
-        self.add_flow(inference, overlay_writer, {("results", "results")})
+
+def _needed_bytes(path: Path, selector: UltrasoundSelectorOperator) -> int:
+    """Estimated size of the objects made from ``path`` (its header only); 0 when the header cannot tell."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        frames = selector.kept_frames(int(header.get("NumberOfFrames") or 1))
+        return estimated_output_bytes(int(header.Rows), int(header.Columns), frames)
+    except Exception:  # noqa: BLE001 - the selector reports the file's problem
+        return 0

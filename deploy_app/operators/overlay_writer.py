@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from monai_ultraad.dicom.writers import write_overlay
 from monai_ultraad.visualize import overlay_heatmap
 
-from ._dicom_outputs import algorithm_info, source_dataset, uid_factory
-from .run_report import RunReport
+from ._dicom_outputs import SourceWriterOperator, algorithm_info, source_dataset, uid_factory
+from .source_work import SourceWork
 
 
-class OverlayWriterOperator(Operator):
-    """Writes one Secondary Capture per image: every analysed frame with the heatmap blended in and a contour at the
+class OverlayWriterOperator(SourceWriterOperator):
+    """Stages one Secondary Capture per image: every analysed frame with the heatmap blended in and a contour at the
     validation threshold; derived, not for primary diagnosis."""
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, report: RunReport, uid_seed: str | None = None,
-                 **kwargs) -> None:
-        self.output_folder, self.report, self.uid_seed = Path(output_folder), report, uid_seed
-        super().__init__(fragment, *args, **kwargs)
+    what = "overlay"
 
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input("results")
-
-    def compute(self, op_input, op_output, context) -> None:
-        for result in op_input.receive("results"):
-            try:
-                frames = np.stack([
-                    overlay_heatmap(result.image.frames[i], f.heatmap, threshold=result.model.threshold)
-                    for i, f in enumerate(result.frames)
-                ])
-                path = write_overlay(source_dataset(result), frames, self.output_folder, algorithm_info(result.model),
-                                     uid_factory(self.uid_seed, result), frame_numbers=[f.frame_number for f in result.frames])
-            except Exception as exc:
-                self.report.fail(result.image.path, f"overlay not written: {exc}")
-                continue
-            self.report.wrote(path)
+    def write(self, work: SourceWork) -> None:
+        result = work.result
+        frames = np.empty(result.image.frames.shape, np.uint8)  # filled frame by frame: no list of copies
+        for i, f in enumerate(result.frames):
+            frames[i] = overlay_heatmap(result.image.frames[i], f.heatmap, threshold=result.model.threshold)
+        path = write_overlay(source_dataset(result), frames, work.staging, algorithm_info(result.model),
+                             uid_factory(self.uid_seed, result), frame_numbers=[f.frame_number for f in result.frames])
+        work.add("overlay", path)

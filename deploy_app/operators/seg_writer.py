@@ -2,41 +2,30 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-
 from monai_ultraad.dicom.writers import write_segmentations
 
-from ._dicom_outputs import algorithm_info, frame_predictions, pixel_spacing_mm, source_dataset, uid_factory
-from .run_report import RunReport
+from ._dicom_outputs import (
+    SourceWriterOperator,
+    algorithm_info,
+    frame_predictions,
+    pixel_spacing_mm,
+    source_dataset,
+    uid_factory,
+)
+from .source_work import SourceWork
 
 
-class SegWriterOperator(Operator):
-    """Writes two SEG objects per source image into the source study (new series, fresh UIDs) and emits, on
-    ``segmentations``, (result, binary SEG path) pairs for the SR writer."""
+class SegWriterOperator(SourceWriterOperator):
+    """Stages two SEG objects per source image (in the source study, new series, fresh UIDs); the BINARY one is
+    recorded as ``seg_binary`` for the SR writer."""
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, report: RunReport, uid_seed: str | None = None,
-                 **kwargs) -> None:
-        self.output_folder, self.report, self.uid_seed = Path(output_folder), report, uid_seed
-        super().__init__(fragment, *args, **kwargs)
+    what = "SEG"
 
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input("results")
-        spec.output("segmentations")
-
-    def compute(self, op_input, op_output, context) -> None:
-        written = []
-        for result in op_input.receive("results"):
-            try:
-                fractional, binary = write_segmentations(
-                    source_dataset(result), frame_predictions(result), result.model.threshold, self.output_folder,
-                    algorithm_info(result.model), uid_factory(self.uid_seed, result), pixel_spacing_mm=pixel_spacing_mm(result),
-                )
-            except Exception as exc:  # one bad image must not stop the study
-                self.report.fail(result.image.path, f"SEG not written: {exc}")
-                continue
-            self.report.wrote(fractional)
-            self.report.wrote(binary)
-            written.append((result, binary))
-        op_output.emit(written, "segmentations")
+    def write(self, work: SourceWork) -> None:
+        result = work.result
+        fractional, binary = write_segmentations(
+            source_dataset(result), frame_predictions(result), result.model.threshold, work.staging,
+            algorithm_info(result.model), uid_factory(self.uid_seed, result), pixel_spacing_mm=pixel_spacing_mm(result),
+        )
+        work.add("seg_fractional", fractional)
+        work.add("seg_binary", binary)

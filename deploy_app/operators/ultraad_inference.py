@@ -15,7 +15,7 @@ from monai_ultraad.dicom.inference import FrameResult, predict_frames
 from monai_ultraad.errors import WeightsError
 from monai_ultraad.networks.backbone import sha256_file
 
-from .run_report import RunReport
+from .source_work import SourceWork
 
 logger = logging.getLogger("ultraad.deploy")
 
@@ -72,9 +72,10 @@ class UltraADInferenceOperator(Operator):
         device: torch device (default: CUDA when available).
     """
 
-    def __init__(self, fragment: Fragment, *args, model_path: Path, report: RunReport, allow_random_init: bool = False,
+    def __init__(self, fragment: Fragment, *args, model_path: Path, allow_random_init: bool = False,
                  device: str | None = None, batch_size: int = 8, **kwargs) -> None:
-        self.model_path, self.report = Path(model_path), report
+        self.model_path = Path(model_path)
+        self.load_error: str | None = None
         self.allow_random_init, self.batch_size = allow_random_init, batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = None
@@ -82,8 +83,8 @@ class UltraADInferenceOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.input("cropped")
-        spec.output("results")
+        spec.input("source")
+        spec.output("source")
 
     def _load(self) -> None:
         checkpoint, backbone = resolve_model_files(self.model_path)
@@ -104,20 +105,21 @@ class UltraADInferenceOperator(Operator):
             logger.warning(RANDOM_WEIGHTS_WARNING)
 
     def compute(self, op_input, op_output, context) -> None:
-        cropped = op_input.receive("cropped")
-        if self.model is None and cropped:
+        work: SourceWork = op_input.receive("source")
+        if work.ok and self.model is None and self.load_error is None:
             try:
                 self._load()
             except Exception as exc:  # no model: every image fails, with the reason, and nothing is written
                 logger.error("model could not be loaded: %s", exc)
-                for item in cropped:
-                    self.report.fail(item.image.path, f"model could not be loaded: {exc}")
-                op_output.emit([], "results")
-                return
-        results = []
-        for item in cropped:
-            image = item.image
-            frames = predict_frames(self.model, image.frames, image.frame_numbers, windows=item.windows,
-                                    batch_size=self.batch_size)
-            results.append(ImageResult(image, frames, self.info))
-        op_output.emit(results, "results")
+                self.load_error = f"model could not be loaded: {exc}"
+        if work.ok and self.load_error is not None:
+            work.fail(self.load_error)
+        if work.ok:
+            try:
+                image = work.image
+                frames = predict_frames(self.model, image.frames, image.frame_numbers, windows=work.windows,
+                                        batch_size=self.batch_size)
+                work.result = ImageResult(image, frames, self.info)
+            except Exception as exc:  # noqa: BLE001 - one image the model cannot take must not stop the study
+                work.fail(f"UltraAD failed: {type(exc).__name__}: {exc}")
+        op_output.emit(work, "source")
