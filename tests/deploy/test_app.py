@@ -16,24 +16,11 @@ import pytest
 from PIL import Image
 
 from monai_ultraad import engine
-from monai_ultraad.data import make_fewshot_split, read_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.realdata
 
 REAL_FILES = ["pydicom-data/US1_UNCR.dcm", "pydicom-data/OBXXXX1A_rle_2frame.dcm", "dcm4che/YBR_422.dcm"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_backbone, synthetic_dataset, tmp_path_factory) -> Path:
-    items = read_dataset(synthetic_dataset)
-    split = make_fewshot_split(items, k=2, seed=0)
-    store = engine.build_store(tiny_backbone, cache_dir=None, progress=False)
-    model = engine.build_model(tiny_backbone, seed=0)
-    result = engine.fit(model, split.shots, split.validation, store, engine.TrainConfig(epochs=2), progress=False)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    engine.save_checkpoint(path, model, threshold=result.threshold, split=split.to_dict(), fit_result=result)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +41,8 @@ def study(data_dir, tmp_path_factory) -> Path:
 
 
 def run_app(input_dir: Path, output_dir: Path, model: Path, *extra: str, env_paths: bool = False):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",  # this checkout's package, also where another is installed
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     args = [sys.executable, str(REPO / "deploy_app"), "--allow-random-init", "--deterministic-uids", "test", *extra]
     if env_paths:  # as in a MAP: paths from the HOLOSCAN_* variables
         env.update(HOLOSCAN_INPUT_PATH=str(input_dir), HOLOSCAN_OUTPUT_PATH=str(output_dir),
