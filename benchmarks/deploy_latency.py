@@ -4,13 +4,23 @@ Measures a single-frame ultrasound image and the 65-frame cine loop of ../shared
 JPEG baseline), in process, stage by stage (the app's operators call exactly these functions). Prints a table;
 writes DICOM objects only into a temporary folder.
 
+``--memory`` instead runs each case in a fresh process and reports its peak resident memory (``ru_maxrss``) and the
+part above the process after model loading: a single image, the 120-frame cine of pydicom-data
+(color3d_jpeg_baseline.dcm) at 30, 60 and 120 frames (does memory grow with loop length?) and a rejected file
+(JPEG XL, refused before decoding).
+
     python -m benchmarks.deploy_latency --backbone ViT-L-14-336 --repeats 3
     python -m benchmarks.deploy_latency --checkpoint bundle/models/model.pt
+    python -m benchmarks.deploy_latency --memory
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -39,6 +49,19 @@ CASES = {"single frame (US1_UNCR, 480x640 RGB)": "pydicom-data/US1_UNCR.dcm",
          "65-frame cine (DIRW0007, 456x576 JPEG)": "fo-dicom/DIRW0007.dcm"}
 
 
+MEMORY_CASES = [
+    ("single frame (US1_UNCR, 480x640 RGB)", "pydicom-data/US1_UNCR.dcm", None),
+    ("cine, 30 of 120 frames (color3d, 480x640 JPEG)", "pydicom-data/color3d_jpeg_baseline.dcm", 30),
+    ("cine, 60 of 120 frames", "pydicom-data/color3d_jpeg_baseline.dcm", 60),
+    ("cine, all 120 frames", "pydicom-data/color3d_jpeg_baseline.dcm", None),
+    ("rejected (JPEG XL, will-jxl)", "dcm4che/will-jxl.dcm", None),
+]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+
+
 def build_model(args) -> UltraAD:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -56,7 +79,7 @@ def build_model(args) -> UltraAD:
 def run_case(model, path: Path, out: Path, args) -> dict[str, float]:
     times = {}
     t = time.perf_counter()
-    image = read_ultrasound(path, frame_step=args.frame_step)
+    image = read_ultrasound(path, frame_step=args.frame_step, max_frames=getattr(args, "max_frames", None))
     times["decode"] = time.perf_counter() - t
     t = time.perf_counter()
     results = predict_frames(model, image.frames, image.frame_numbers, image.tissue_regions, batch_size=args.batch_size)
@@ -79,6 +102,38 @@ def run_case(model, path: Path, out: Path, args) -> dict[str, float]:
     return times
 
 
+def measure_one(model, rel: str, args) -> dict:
+    """One case in this (fresh) process: peak RSS after model loading, then after the case."""
+    from monai_ultraad.dicom.reader import UnsupportedDicomError
+
+    before = _peak_rss_mb()
+    outcome = "processed"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            times = run_case(model, default_data_dir() / "dicom" / rel, Path(tmp), args)
+        except UnsupportedDicomError as exc:
+            times, outcome = {"frames": 0, "total": 0.0}, f"rejected: {exc.reason[:60]}"
+    return {"rss_after_model_mb": before, "peak_rss_mb": _peak_rss_mb(), "outcome": outcome, **times}
+
+
+def memory_table(args) -> None:
+    print("| case | frames | outcome | peak RSS MB | above model MB | total s |")
+    print("|---|---|---|---|---|---|")
+    for name, rel, max_frames in MEMORY_CASES:
+        cmd = [sys.executable, "-m", "benchmarks.deploy_latency", "--one", rel, "--backbone", args.backbone,
+               "--device", args.device, "--batch_size", str(args.batch_size)]
+        if args.layers:
+            cmd += ["--layers", args.layers]
+        if args.checkpoint:
+            cmd += ["--checkpoint", args.checkpoint]
+        if max_frames:
+            cmd += ["--max_frames", str(max_frames)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"| {name} | {int(r['frames'])} | {r['outcome']} | {r['peak_rss_mb']:.0f} | "
+              f"{r['peak_rss_mb'] - r['rss_after_model_mb']:.0f} | {r['total']:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="UltraAD-Tiny-ViT")
@@ -88,10 +143,19 @@ def main() -> None:
     parser.add_argument("--frame_step", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max_frames", type=int, default=None)
+    parser.add_argument("--memory", action="store_true", help="peak RSS per case, each in a fresh process")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one --memory case
     args = parser.parse_args()
     if args.backbone == "UltraAD-Tiny-ViT" and not args.layers:
         args.layers = "1,2,3,4"
+    if args.memory:
+        memory_table(args)
+        return
     model = build_model(args)
+    if args.one:
+        print(json.dumps(measure_one(model, args.one, args)))
+        return
     data = default_data_dir() / "dicom"
     print(f"backbone {model.backbone.model_name} ({model.backbone.weights_id}) on {args.device}, "
           f"{torch.get_num_threads()} threads, batch {args.batch_size}, frame step {args.frame_step}")

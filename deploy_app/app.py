@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+import pydicom.config
 from monai.deploy.conditions import PeriodicCondition
 from monai.deploy.core import AppContext, Application
 from operators.output_folder import OutputFolder, estimated_output_bytes
@@ -32,6 +33,10 @@ from operators.ultraad_inference import UltraADInferenceOperator, resolve_model_
 from operators.ultrasound_selector import UltrasoundSelectorOperator
 
 logger = logging.getLogger("ultraad.deploy")
+
+# pydicom's reading validation warns quoting the offending value (a patient's name, a path posing as a UID); the app
+# checks what it relies on itself (monai_ultraad.dicom.identifiers, .source_header) and logs attribute names only.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 @dataclass
@@ -95,6 +100,9 @@ def _needed_bytes(path: Path, selector: UltrasoundSelectorOperator) -> int:
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
         frames = selector.kept_frames(int(header.get("NumberOfFrames") or 1))
-        return estimated_output_bytes(int(header.Rows), int(header.Columns), frames)
+        rows, cols = int(header.Rows), int(header.Columns)
+        if selector.refuses_size(rows, cols, frames):
+            return 0  # refused before anything is written; its claimed size must not block the others
+        return estimated_output_bytes(rows, cols, frames)
     except Exception:  # noqa: BLE001 - the selector reports the file's problem
         return 0

@@ -50,6 +50,9 @@ class UltrasoundSelectorOperator(Operator):
         kept = len(range(0, max(number_of_frames, 1), self.frame_step))
         return min(kept, self.max_frames) if self.max_frames else kept
 
+    def refuses_size(self, rows: int, cols: int, frames: int) -> bool:
+        return rows * cols * frames * BYTES_PER_ANALYSED_PIXEL > self.max_bytes
+
     def _read(self, work: SourceWork) -> None:
         try:
             header = pydicom.dcmread(work.path, stop_before_pixels=True)
@@ -64,7 +67,7 @@ class UltrasoundSelectorOperator(Operator):
             work.fail(f"refused: unreadable Rows / Columns / Number of Frames ({type(exc).__name__})")
             return
         claimed = rows * cols * frames * BYTES_PER_ANALYSED_PIXEL
-        if claimed > self.max_bytes:
+        if self.refuses_size(rows, cols, frames):
             work.fail(f"refused: the header claims {frames} frame(s) of {rows} x {cols}, about {claimed / 2**30:.1f} GiB "
                       f"of working memory (limit {self.max_bytes / 2**30:.1f} GiB, ULTRAAD_MAX_SOURCE_MB); "
                       "use --max-frames or --frame-step")

@@ -452,7 +452,7 @@ def _write(dataset: Dataset, path: Path) -> Path:
     """Serialise ``dataset`` as a DICOM Part 10 file and write it atomically."""
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_bytes(path, buffer.getbuffer())  # a view, not a second copy of the encoded object
 
 
 def _stamp_creation_time(dataset: Dataset, when: _dt.datetime) -> None:
@@ -740,7 +740,8 @@ def write_segmentations(
         raise InputDataError(f"threshold must lie in [0, 1], got {threshold}")
     preds = _checked_predictions(source, predictions)
     frame_numbers = [int(p.frame_number) for p in preds]
-    heat = np.clip(np.stack([np.asarray(p.heatmap, dtype=np.float32) for p in preds]), 0.0, 1.0)
+    heat = np.stack([np.asarray(p.heatmap, dtype=np.float32) for p in preds])
+    np.clip(heat, 0.0, 1.0, out=heat)  # in place: a cine's heatmaps are the largest array here
     mask = (heat >= float(threshold)).astype(np.uint8)
     when = uids.now()
     tracking_uid = uids.new("lesion-tracking", source.SOPInstanceUID)
