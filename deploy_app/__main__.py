@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from operators import shutdown  # noqa: E402 - must run before torch / holoscan start threads
+from operators import shutdown
 
 if __name__ == "__main__":
     shutdown.install()  # SIGTERM / SIGINT: finish the source under way, then stop with a report
 
-from app import AppOptions, UltraADApp  # noqa: E402
+from app import AppOptions, UltraADApp
 
 
 def split_options(argv: list[str]) -> tuple[AppOptions, list[str]]:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     report = app.run_report
     try:
         app.run()
-    except Exception as exc:  # the model, the input or the output folder is unusable: nothing more can be done
+    except Exception as exc:  # noqa: BLE001 - the model, the input or the output folder is unusable: nothing more
         logging.getLogger("ultraad.deploy").error("run aborted: %s", exc)
         print(f"ultraad deploy app: run aborted: {exc}", file=sys.stderr)
         report.aborted = str(exc)

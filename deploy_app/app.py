@@ -13,6 +13,7 @@ folder's hidden staging folder; the publisher makes a source's objects visible t
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ class UltraADApp(Application):
             OverlayWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="overlay_writer"),
             PublisherOperator(self, output=output, report=report, in_flight=in_flight, name="publisher"),
         ]
-        for upstream, downstream in zip(chain, chain[1:]):
+        for upstream, downstream in itertools.pairwise(chain):
             self.add_flow(upstream, downstream, {("source", "source")})
 
 

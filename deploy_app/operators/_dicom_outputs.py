@@ -3,7 +3,6 @@ common shape of a writer step (write into the source's staging folder, or record
 
 from __future__ import annotations
 
-
 import pydicom
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 

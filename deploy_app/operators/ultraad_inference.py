@@ -109,7 +109,7 @@ class UltraADInferenceOperator(Operator):
         if work.ok and self.model is None and self.load_error is None:
             try:
                 self._load()
-            except Exception as exc:  # no model: every image fails, with the reason, and nothing is written
+            except Exception as exc:  # noqa: BLE001 - no model: every image fails, with the reason
                 logger.error("model could not be loaded: %s", exc)
                 self.load_error = f"model could not be loaded: {exc}"
         if work.ok and self.load_error is not None:

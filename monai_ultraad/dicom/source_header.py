@@ -153,7 +153,7 @@ def conformant_header(source: Dataset, warn_label: str = "source") -> Dataset:
     for element in header.iterall():  # sequences too: dates in Referenced / Request items are copied as well
         try:
             _conform_element(element, warn_label, notes)
-        except Exception as exc:  # a value pydicom cannot even parse: leave it out rather than fail the image
+        except Exception as exc:  # noqa: BLE001 - a value pydicom cannot parse: left out, the image is not failed
             notes.append(f"{element.keyword or element.tag} left out: {type(exc).__name__}")
             element.value = None
     for keyword in TYPE2_PATIENT_STUDY_KEYWORDS:

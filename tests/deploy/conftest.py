@@ -43,7 +43,8 @@ def run_deploy_app():
 
     def run(input_dir: Path, output_dir: Path, model: Path, *extra: str, timeout: int = 600):
         args, env = app_command(input_dir, output_dir, model, *extra)
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+                              check=False)
 
     def popen(input_dir: Path, output_dir: Path, model: Path, *extra: str):
         args, env = app_command(input_dir, output_dir, model, *extra)

@@ -62,7 +62,7 @@ def corpus_run(corpus, checkpoint, run_deploy_app, tmp_path_factory):
 
 
 def test_every_real_file_is_processed_except_jpeg_xl(corpus_run, manifest, corpus):
-    out, result, report = corpus_run
+    _, result, report = corpus_run
     failed = {f["file"]: f["reason"] for f in report["failed"]}
     decodable = [f for f in manifest if f != JPEG_XL]
     assert sorted(report["processed"]) == sorted(decodable) or sorted(report["processed"]) == sorted(manifest), (
@@ -110,7 +110,8 @@ def test_dciodvfy_no_errors_except_invalid_source_uids_referenced_as_they_are(co
     for source, files in report["outputs_by_source"].items():
         uids = _source_uids(corpus / source)
         for name in files:
-            text = subprocess.run(["dciodvfy", str(out / name)], capture_output=True, text=True).stderr
+            text = subprocess.run(["dciodvfy", str(out / name)], capture_output=True, text=True,
+                                  check=False).stderr
             lines = text.splitlines()
             errors = [line for line in lines if line.startswith("Error")]
             warnings = [line for line in lines if line.startswith("Warning")]
