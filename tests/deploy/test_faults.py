@@ -221,7 +221,7 @@ def test_kill_9_during_a_cine_leaves_nothing_visible_and_the_next_run_tidies(dat
     study.mkdir()
     shutil.copy(data_dir / "dicom" / CINE, study / "cine.dcm")
     out = tmp_path / "out"
-    process = run_deploy_app.popen(study, out, checkpoint)
+    process = run_deploy_app.popen(study, out, checkpoint, "--max-frames", "16")
     _wait_for_staged_object(out, process)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
@@ -245,7 +245,7 @@ def test_sigterm_finishes_the_current_source_then_reports(data_dir, checkpoint, 
     _image(study / "b.dcm", 1)
     _image(study / "c.dcm", 2)
     out = tmp_path / "out"
-    process = run_deploy_app.popen(study, out, checkpoint)
+    process = run_deploy_app.popen(study, out, checkpoint, "--max-frames", "16")
     _wait_for_staged_object(out, process)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
@@ -263,17 +263,18 @@ def test_sigterm_finishes_the_current_source_then_reports(data_dir, checkpoint, 
 
 
 def test_a_second_run_into_the_same_folder_is_refused(data_dir, checkpoint, run_deploy_app, tmp_path):
+    """Two runs started together into one folder: one takes the lock, the other stops at once (exit 2) naming it."""
     study = tmp_path / "study"
     study.mkdir()
     shutil.copy(data_dir / "dicom" / CINE, study / "cine.dcm")
     out = tmp_path / "out"
-    first = run_deploy_app.popen(study, out, checkpoint)
-    _wait_for_staged_object(out, first)
-    second = run_deploy_app(study, out, checkpoint)
-    assert second.returncode == 2
-    assert f"another UltraAD run (pid {first.pid}) is writing into {out}" in second.stderr
-    assert "Traceback" not in second.stderr
-    _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr[-3000:]
+    runs = [run_deploy_app.popen(study, out, checkpoint, "--max-frames", "16") for _ in range(2)]
+    results = [(p, *p.communicate(timeout=600)) for p in runs]
+    codes = sorted(p.returncode for p, _, _ in results)
+    assert codes == [0, 2], [e[-2000:] for _, _, e in results]
+    winner = next(p for p, _, _ in results if p.returncode == 0)
+    _, _, refused = next(r for r in results if r[0].returncode == 2)
+    assert f"another UltraAD run (pid {winner.pid}) is writing into {out}" in refused
+    assert "Traceback" not in refused and "no run report written" in refused
     report = _check_consistent(out)
     assert report["processed"] == ["cine.dcm"] and len(list(out.glob("*.dcm"))) == 4  # one run's set, one report
