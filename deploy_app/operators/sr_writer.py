@@ -9,7 +9,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from monai_ultraad.dicom.writers import write_report
 
-from ._dicom_outputs import algorithm_info, frame_predictions, source_dataset, uid_factory
+from ._dicom_outputs import algorithm_info, frame_predictions, pixel_spacing_mm, source_dataset, uid_factory
 from .run_report import RunReport
 
 
@@ -30,7 +30,8 @@ class SRWriterOperator(Operator):
                 path = write_report(
                     source_dataset(result), pydicom.dcmread(binary_path), frame_predictions(result),
                     result.model.threshold, self.output_folder, algorithm_info(result.model), uid_factory(self.uid_seed, result),
-                )  # the SEG is read with pydicom: highdicom's reader refuses 2D pixel measures without slice thickness
+                    pixel_spacing_mm=pixel_spacing_mm(result),  # the analysed region's spacing -> lesion area
+                )
             except Exception as exc:
                 self.report.fail(result.image.path, f"SR not written: {exc}")
                 continue

@@ -91,7 +91,11 @@ def test_every_object_passes_dciodvfy_and_dcmdump(outputs):
         pytest.skip("dicom3tools / dcmtk not installed (apt-get install dicom3tools dcmtk)")
     out, _ = outputs
     files = sorted(out.glob("*.dcm"))
-    assert len(files) == 4 * (1 + len(REAL_FILES))  # fractional SEG, binary SEG, SR, overlay per image
+    viewer = _by_kind(out, "seg_viewer")
+    # fractional SEG, binary SEG, SR, overlay per image; one viewer SEG (+ .seg.nrrd) per analysed frame: 1 + 1 +
+    # 2 (OBXXXX1A_rle_2frame) + 1
+    assert len(files) - len(viewer) == 4 * (1 + len(REAL_FILES))
+    assert len(viewer) == 5 and len(list(out.glob("seg_viewer_*.seg.nrrd"))) == 5
     for path in files:
         report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True).stderr
         errors = [line for line in report.splitlines() if line.startswith("Error")]
@@ -142,6 +146,24 @@ def test_seg_values_equal_the_model_output(outputs, expected):
                                   expected.heatmap >= payload["threshold"])
     assert binary.StudyInstanceUID == source.dataset.StudyInstanceUID
     assert binary.SeriesInstanceUID != source.dataset.SeriesInstanceUID
+
+
+def test_highdicom_reads_every_seg_and_the_viewer_seg_holds_the_binary_mask(outputs, expected):
+    import highdicom as hd
+
+    out, _ = outputs
+    source, expected, payload = expected
+    for path in sorted(out.glob("seg_*.dcm")):
+        hd.seg.segread(path)  # PS3.3-conformant geometry: no Pixel Measures without a Frame of Reference
+    viewer = [hd.seg.segread(p) for p in _by_kind(out, "seg_viewer")]
+    seg = next(s for s in viewer if s.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+               .ReferencedSOPInstanceUID == source.dataset.SOPInstanceUID)
+    got = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[source.dataset.SOPInstanceUID], combine_segments=False)[0, ..., 0]
+    np.testing.assert_array_equal(got.astype(bool), expected.heatmap >= payload["threshold"])
+    region = source.tissue_regions[0]
+    spacing = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in spacing] == pytest.approx(region.pixel_spacing_mm)
 
 
 def test_sr_reports_the_model_probabilities(outputs, expected):
