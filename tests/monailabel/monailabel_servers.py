@@ -103,7 +103,10 @@ class Orthanc:
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
             "Plugins": [str(DICOMWEB_PLUGIN), str(GDCM_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "Gdcm": {"Enable": True},
+            # GDCM for JPEG 2000 only: Orthanc's own DCMTK codecs stay in charge of the others (GDCM transcoding
+            # of long JPEG baseline cines is slower than the server's 10 s PACS timeout)
+            "Gdcm": {"Enable": True, "RestrictTransferSyntaxes": [
+                "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"]},
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = folder / "orthanc.log"
