@@ -7,6 +7,7 @@ from pathlib import Path
 import pydicom
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from monai_ultraad.dicom.viewer_sr import write_viewer_report
 from monai_ultraad.dicom.writers import write_report
 
 from ._dicom_outputs import algorithm_info, frame_predictions, pixel_spacing_mm, source_dataset, uid_factory
@@ -32,8 +33,15 @@ class SRWriterOperator(Operator):
                     result.model.threshold, self.output_folder, algorithm_info(result.model), uid_factory(self.uid_seed, result),
                     pixel_spacing_mm=pixel_spacing_mm(result),  # the analysed region's spacing -> lesion area
                 )
+                # the lesion outline as an image region, which OHIF's SR viewport can show (None: no lesion)
+                viewer = write_viewer_report(
+                    source_dataset(result), frame_predictions(result), result.model.threshold, self.output_folder,
+                    algorithm_info(result.model), uid_factory(self.uid_seed, result),
+                )
             except Exception as exc:
                 self.report.fail(result.image.path, f"SR not written: {exc}")
                 continue
             self.report.wrote(path)
+            if viewer is not None:
+                self.report.wrote(viewer)
             self.report.done(result.image.path)

@@ -71,7 +71,7 @@ def outputs(study, checkpoint, tmp_path_factory):
 
 
 def _by_kind(out: Path, kind: str) -> list[Path]:
-    return sorted(out.glob(f"{kind}_*.dcm"))
+    return sorted(out.glob(f"{kind}_[0-9]*.dcm"))  # file names end in a UID: sr_<uid> is not sr_viewer_<uid>
 
 
 def test_exit_code_and_run_report(outputs):
@@ -89,11 +89,12 @@ def test_every_object_passes_dciodvfy_and_dcmdump(outputs):
         pytest.skip("dicom3tools / dcmtk not installed (apt-get install dicom3tools dcmtk)")
     out, _ = outputs
     files = sorted(out.glob("*.dcm"))
-    viewer = _by_kind(out, "seg_viewer")
+    viewer = _by_kind(out, "seg_viewer") + _by_kind(out, "sr_viewer")
     # fractional SEG, binary SEG, SR, overlay per image; one viewer SEG (+ .seg.nrrd) per analysed frame: 1 + 1 +
     # 2 (OBXXXX1A_rle_2frame) + 1
     assert len(files) - len(viewer) == 4 * (1 + len(REAL_FILES))
-    assert len(viewer) == 5 and len(list(out.glob("seg_viewer_*.seg.nrrd"))) == 5
+    assert len(_by_kind(out, "seg_viewer")) == 5 and len(list(out.glob("seg_viewer_*.seg.nrrd"))) == 5
+    assert len(_by_kind(out, "sr_viewer")) <= 1 + len(REAL_FILES)  # one per image with a lesion to outline
     for path in files:
         report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True).stderr
         errors = [line for line in report.splitlines() if line.startswith("Error")]

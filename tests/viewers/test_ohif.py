@@ -38,6 +38,7 @@ OHIF_DIST = Path(os.environ.get("ULTRAAD_OHIF_DIST", REPO / ".ohif" / "package" 
 CHROMIUM_ARGS = ["--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWER_SEG_SERIES = 9005  # monai_ultraad.dicom.viewer_seg.write_viewer_segmentations' series number
+VIEWER_SR_SERIES = 9006  # monai_ultraad.dicom.viewer_sr.write_viewer_report's
 UCLM_IMAGE = "ALWI_000"
 
 
@@ -116,7 +117,7 @@ def test_viewer_seg_displays_over_the_ultrasound_in_ohif(processed_study, tmp_pa
                 page.goto(f"{ohif.url}/viewer?StudyInstanceUIDs={source.StudyInstanceUID}", timeout=120_000)
                 # the study browser lists every series the app wrote (SEGs, SR) beside the image
                 page.wait_for_selector(f"text=S:{VIEWER_SEG_SERIES}", timeout=120_000)
-                for series in (9001, 9002, 9003):
+                for series in (9001, 9002, 9003, VIEWER_SR_SERIES):
                     assert page.get_by_text(f"S:{series}").count() >= 1, series
                 page.wait_for_selector("canvas", timeout=60_000)
                 _dismiss_tour(page)
@@ -146,6 +147,16 @@ def test_viewer_seg_displays_over_the_ultrasound_in_ohif(processed_study, tmp_pa
                 assert before.sum() < 50, f"{before.sum()} red pixels before any SEG was loaded"
                 assert preview.sum() > 200 and after.sum() > 200, (preview.sum(), after.sum())
                 assert not [e for e in errors if "SpacingBetweenSlices" in e], errors
+
+                # the viewer report: OHIF draws the lesion outline and writes the finding beside it
+                page.get_by_text(f"S:{VIEWER_SR_SERIES}").first.dblclick()
+                page.get_by_text("Anomaly score").first.wait_for(timeout=60_000)
+                time.sleep(3)
+                viewport_text = page.locator("body").inner_text()
+                assert "image class:" in viewport_text and "Anomaly score" in viewport_text, viewport_text[-1500:]
+                if keep:
+                    (Path(keep) / "ohif_sr.png").write_bytes(page.screenshot())
+                assert not [e for e in errors if "ReferencedSOPSequence" in e], errors
             finally:
                 browser.close()
     finally:
