@@ -80,7 +80,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def __init__(self, request, client_address, server) -> None:
         super().__init__(request, client_address, server, directory=str(server.dist))
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
 

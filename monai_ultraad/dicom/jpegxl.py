@@ -70,7 +70,7 @@ class JpegXLDecoder:
         decode = _jpegxl_decode()
         if decode is None:
             raise RuntimeError("JPEG XL needs imagecodecs with JPEG XL support (pip install imagecodecs)")
-        wanted = sorted(set(int(i) for i in indices))
+        wanted = sorted({int(i) for i in indices})
         number_of_frames = int(options.get("number_of_frames") or 1)
         rows, columns = options.get("rows"), options.get("columns")
         stored_as = str(options.get("photometric_interpretation", "")).strip().upper()

@@ -40,6 +40,9 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
+from monai_ultraad.dicom.slicer_seg import write_slicer_segmentation
+
 # The source-faithful writers' helpers are reused so that both SEG kinds carry the same segment, algorithm, equipment,
 # time stamps and output-path rules.
 from monai_ultraad.dicom.writers import (
@@ -61,8 +64,6 @@ from monai_ultraad.dicom.writers import (
     _time_kwargs,
     _write,
 )
-from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
-from monai_ultraad.dicom.slicer_seg import write_slicer_segmentation
 from monai_ultraad.errors import InputDataError
 
 __all__ = ["DISPLAY_GEOMETRY_NOTE", "display_pixel_spacing_mm", "write_viewer_segmentations"]
@@ -213,7 +214,7 @@ def write_viewer_segmentations(
     # LO holds 64 characters: the calibration is spelled out in the Image Comments.
     series_description = f"UltraAD lesion, {DISPLAY_GEOMETRY_NOTE}"
     if algorithm.random_weights:
-        series_description = f"UltraAD lesion (RANDOM WEIGHTS), geometry derived for display"
+        series_description = "UltraAD lesion (RANDOM WEIGHTS), geometry derived for display"
     when = uids.now()
     paths = []
     for instance, p in enumerate(preds, start=1):

@@ -27,6 +27,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from monai_ultraad.constants import CLASS_NAMES
 from monai_ultraad.dicom.writers import (
+    _PROBABILITY_CONCEPTS,
     LOCAL_CODING_SCHEME,
     MANUFACTURER,
     AlgorithmInfo,
@@ -41,7 +42,6 @@ from monai_ultraad.dicom.writers import (
     _no_patient_data_in_warnings,
     _output_path,
     _PredictionLike,
-    _PROBABILITY_CONCEPTS,
     _stamp_creation_time,
     _time_kwargs,
     _write,

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "monailabel_app"))
-from lib.imageio import read_label, read_picture, write_label  # noqa: E402
+from lib.imageio import read_label, read_picture, write_label
 
 UCLM_IMAGE = "ALWI_000"
 
