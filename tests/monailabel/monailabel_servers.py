@@ -144,7 +144,7 @@ class MonaiLabelServer:
         args = [str(launcher), "start_server", "--app", str(REPO / "monailabel_app"),
                 "--studies", studies, "-i", "127.0.0.1", "-p", str(self.port)]
         for key, value in {**TINY_CONF, "model_dir": str(self.model_dir),
-                           "dicomweb_cache": str(folder / "dicomweb_cache"), "dicomweb_timeout": "10", **conf}.items():
+                           "dicomweb_cache": str(folder / "dicomweb_cache"), "dicomweb_timeout": "30", **conf}.items():
             args += ["--conf", key, value]
         env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(folder / "sessions"), "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
                "ULTRAAD_TORCH_THREADS": "1", "PYTHONWARNINGS": "ignore"}
