@@ -37,6 +37,7 @@ from pydicom.pixels import apply_color_lut, as_pixel_options, convert_color_spac
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from monai_ultraad.dicom.jpegxl import JPEG_XL_TRANSFER_SYNTAXES, JpegXLDecoder, JpegXLTransferSyntax
 from monai_ultraad.errors import InputDataError
 
 __all__ = [
@@ -400,6 +401,8 @@ def _transfer_syntax(ds: Dataset, path: Path) -> UID:
     uid = None if meta is None else meta.get("TransferSyntaxUID")
     if not uid:
         raise UnsupportedDicomError(path, "unreadable DICOM file: no (0002,0010) Transfer Syntax UID in the file meta")
+    if str(uid) in JPEG_XL_TRANSFER_SYNTAXES:
+        return JpegXLTransferSyntax(str(uid))  # its encoding, which pydicom 3.0 does not know
     return UID(str(uid))
 
 
@@ -433,6 +436,11 @@ def _decoder(transfer_syntax: UID, path: Path) -> Any:
     if name == str(transfer_syntax):
         name = _EXTRA_TRANSFER_SYNTAX_NAMES.get(str(transfer_syntax), "unknown transfer syntax")
     label = f"transfer syntax '{name}' ({transfer_syntax})"
+    if str(transfer_syntax) in JPEG_XL_TRANSFER_SYNTAXES:  # not in pydicom 3.0: imagecodecs (dicom/jpegxl.py)
+        decoder = JpegXLDecoder()
+        if not decoder.is_available:
+            raise UnsupportedDicomError(path, f"{label} cannot be decoded: {'; '.join(decoder.missing_dependencies)}")
+        return decoder
     try:
         decoder = get_decoder(transfer_syntax)
     except NotImplementedError:

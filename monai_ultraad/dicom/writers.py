@@ -27,8 +27,11 @@ Values pair (segment, source frame).
 
 dcmqi (and so 3D Slicer's DICOM SEG import) cannot convert such SEGs: it builds an ITK volume and needs patient
 geometry (``Plane Orientation (Patient) is missing, cannot parse input`` / ``ERROR: Failed to get image
-directions!``). Inventing a Frame of Reference and positions would make the SEG claim a patient coordinate system the
-source does not have, so this module does not.
+directions!``). Inventing a Frame of Reference and positions here would make the source-faithful SEG claim a patient
+coordinate system the source does not have, so this module does not; and because PS3.3 Table A.51-2 allows Pixel
+Measures only with a Frame of Reference (highdicom's ``segread`` refuses them otherwise), these SEGs carry none. The
+region's physical spacing goes into the SR (lesion area) and into the *viewer SEG* of
+:mod:`monai_ultraad.dicom.viewer_seg`, which places the mask in the display geometry Slicer and OHIF use.
 
 Nothing here logs patient or study attributes; only generated UIDs appear in file names and log lines.
 """
@@ -543,7 +546,7 @@ class _SourceFrameSegmentation(hd.seg.Segmentation):
         return (
             [None] * n_planes,  # no plane positions: there is no coordinate system to place them in
             None,  # no plane orientation, for the same reason
-            kwargs.get("pixel_measures"),  # caller's pixel spacing (allowed without Frame of Reference)
+            None,  # no pixel measures: not allowed without a Frame of Reference
             np.empty((0,)),
             np.empty((0,)),
             np.arange(n_planes),  # SEG frames in the order of the source frames
@@ -625,7 +628,6 @@ def _build_segmentation(
     algorithm: AlgorithmInfo,
     uids: UIDFactory,
     series_number: int,
-    pixel_spacing_mm: tuple[float, float] | None,
     when: _dt.datetime,
     tracking_uid: str,
 ) -> hd.seg.Segmentation:
@@ -633,11 +635,6 @@ def _build_segmentation(
     source_uid = source.SOPInstanceUID
     series_uid = uids.new(f"seg-{kind}-series", source_uid)
     sop_uid = uids.new(f"seg-{kind}-sop", source_uid)
-    pixel_measures = (
-        hd.PixelMeasuresSequence(pixel_spacing=[float(v) for v in pixel_spacing_mm], slice_thickness=None)
-        if pixel_spacing_mm is not None
-        else None
-    )
     description = "UltraAD lesion probability" if kind == "fractional" else "UltraAD lesion mask"
     if algorithm.random_weights:
         description += " (RANDOM WEIGHTS)"
@@ -656,7 +653,8 @@ def _build_segmentation(
         content_description=_lo(description),
         content_label="LESION" if kind == "binary" else "LESION_PROB",
         series_description=_lo(description),
-        pixel_measures=pixel_measures,
+        # No pixel_measures: without a Frame of Reference the Pixel Measures macro is not allowed (module docstring);
+        # a source with one has its own, which highdicom copies.
         # The binary SEG keeps a frame for every predicted source frame so that SR groups and frames line up; the
         # fractional one may drop all-zero frames (a reader gets zeros for them either way).
         omit_empty_frames=segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL,
@@ -709,7 +707,6 @@ def write_segmentations(
     algorithm: AlgorithmInfo,
     uids: UIDFactory,
     series_number_start: int = 9001,
-    pixel_spacing_mm: tuple[float, float] | None = None,
 ) -> tuple[Path, Path]:
     """Write the lesion heatmap as a FRACTIONAL SEG and ``heatmap >= threshold`` as a BINARY SEG.
 
@@ -722,11 +719,6 @@ def write_segmentations(
         algorithm: identity of the algorithm, recorded in the segment description.
         uids: UID (and time) source.
         series_number_start: series number of the FRACTIONAL SEG; the BINARY SEG gets the next one.
-        pixel_spacing_mm: (row, column) pixel spacing in mm to record as Pixel Measures (e.g. from
-            :func:`ultrasound_pixel_spacing_mm`); default none for sources without geometry. Not taken from the
-            Ultrasound Regions automatically: the Pixel Measures of a 2D ultrasound SEG have no Slice Thickness
-            (there is none to state), and highdicom 0.28's reader (``hd.seg.segread``) rejects Pixel Measures
-            without one - read such a SEG with ``pydicom.dcmread``. The files are valid DICOM either way.
 
     Returns:
         ``(fractional_path, binary_path)``, named ``seg_fractional_<SOPInstanceUID>.dcm`` and
@@ -757,7 +749,6 @@ def write_segmentations(
             algorithm,
             uids,
             series_number_start + offset,
-            pixel_spacing_mm,
             when,
             tracking_uid,
         )
@@ -849,6 +840,7 @@ def write_report(
     algorithm: AlgorithmInfo,
     uids: UIDFactory,
     series_number: int = 9003,
+    pixel_spacing_mm: tuple[float, float] | None = None,
 ) -> Path:
     """Write a Comprehensive 3D SR (TID 1500 Measurement Report) of the predictions.
 
@@ -869,6 +861,9 @@ def write_report(
         algorithm: identity of the algorithm.
         uids: UID (and time) source.
         series_number: series number of the SR.
+        pixel_spacing_mm: (row, column) mm of the calibrated tissue region the model analysed; when given, every
+            group also reports the lesion area (SCT 42798000 "Area", mm2: mask pixels times pixel area) - the SEGs
+            themselves cannot carry a spacing (no Frame of Reference).
 
     Returns:
         Path of ``sr_<SOPInstanceUID>.dcm`` inside ``output_dir``.
@@ -899,6 +894,12 @@ def write_report(
         ]
         measurements.append(_measurement("ANOMALY-SCORE", float(p.anomaly_score), no_units, algorithm_id))
         measurements.append(_measurement("HEATMAP-THRESH", float(threshold), no_units, algorithm_id))
+        if pixel_spacing_mm is not None:
+            lesion_pixels = int(np.count_nonzero(np.clip(np.asarray(p.heatmap, dtype=np.float32), 0, 1) >= threshold))
+            area = lesion_pixels * float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1])
+            measurements.append(
+                hd.sr.Measurement(name=codes.SCT.Area, value=area, unit=codes.UCUM.SquareMillimeter, algorithm_id=algorithm_id)
+            )
         # Built directly rather than with ReferencedSegmentationFrame.from_segmentation: highdicom 0.28 writes the
         # *SEG* frame number as the source image's Referenced Frame Number there, which is wrong whenever the two
         # differ (a subset of cine frames) and names a frame of a single-frame source.

@@ -76,12 +76,23 @@ def read_picture(path: str | os.PathLike) -> UltrasoundPicture:
 
 
 def _scalar_like(values: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """A scalar image of ``values`` (rows, cols) with the reference's dimension, origin, spacing and direction."""
-    data = values[None] if reference.GetDimension() == 3 else values
-    out = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=False)
-    out.SetOrigin(reference.GetOrigin())
-    out.SetSpacing(reference.GetSpacing())
-    out.SetDirection(reference.GetDirection())
+    """A 3D (cols, rows, 1) scalar image of ``values`` (rows, cols) in the reference's geometry.
+
+    Always 3D: 3D Slicer 5.12's MONAI Label module reads the label with SimpleITK and hands it to
+    ``sitkUtils.PushVolumeToSlicer``, which indexes a 3x3 direction and three spacings (a 2D image raises
+    IndexError there, "Failed to run inference"). A 2D reference (PNG/JPEG) is extended the way Slicer extends it when
+    it loads the image: z origin 0, z spacing 1, z direction (0, 0, 1).
+    """
+    out = sitk.GetImageFromArray(np.ascontiguousarray(values[None]), isVector=False)
+    if reference.GetDimension() == 3:
+        out.SetOrigin(reference.GetOrigin())
+        out.SetSpacing(reference.GetSpacing())
+        out.SetDirection(reference.GetDirection())
+    else:
+        (ox, oy), (sx, sy), (d00, d01, d10, d11) = reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection()
+        out.SetOrigin((ox, oy, 0.0))
+        out.SetSpacing((sx, sy, 1.0))
+        out.SetDirection((d00, d01, 0.0, d10, d11, 0.0, 0.0, 0.0, 1.0))
     return out
 
 

@@ -110,10 +110,7 @@ def _expect_rejected(path: Path, *fragments: str) -> UnsupportedDicomError:
 @pytest.mark.parametrize("row", _manifest_params())
 def test_manifest_file(dicom_dir: Path, row: dict[str, str]) -> None:
     path = dicom_dir / row["file"]
-    if row["file"] == JPEG_XL_FILE:
-        _expect_rejected(path, JPEG_XL_UID, "JPEG XL")
-        return
-    image = read_ultrasound(path)
+    image = read_ultrasound(path)  # JPEG XL included: monai_ultraad/dicom/jpegxl.py (imagecodecs)
     rows, cols = (int(v) for v in row["rows_x_cols"].split("x"))
     frames = int(row["frames"])
     assert image.frames.dtype == np.uint8
@@ -450,9 +447,25 @@ def test_scan_folder_mixed(tmp_path: Path) -> None:
 def test_scan_real_folder(dicom_dir: Path) -> None:
     candidates, skipped = scan_folder(dicom_dir)
     dicom_files = sorted(dicom_dir.rglob("*.dcm"))
-    assert len(candidates) == len(MANIFEST) - 1 == len(dicom_files) - 1
-    jxl = [reason for path, reason in skipped if path.name == "will-jxl.dcm"]
-    assert len(jxl) == 1 and JPEG_XL_UID in jxl[0]
+    assert len(candidates) == len(MANIFEST) == len(dicom_files)  # all 29, JPEG XL included
+    assert not [reason for path, reason in skipped if path.name == "will-jxl.dcm"]
+
+
+@pytest.mark.realdata
+def test_jpeg_xl_frames_decode_in_colour_and_on_request(dicom_dir: Path) -> None:
+    """dcm4che's will-jxl.dcm (JPEG XL JPEG recompression, 27 frames, YBR_FULL_422 colour Doppler): every frame
+    decodes to RGB; the colour-flow pixels are coloured (red/blue), the B-mode grey; a frame subset decodes alone."""
+    path = dicom_dir / JPEG_XL_FILE
+    image = read_ultrasound(path)
+    assert str(image.dataset.file_meta.TransferSyntaxUID) == JPEG_XL_UID
+    assert image.frames.shape == (27, 708, 1016, 3)
+    first = image.frames[0].astype(int)
+    chroma = np.abs(first[..., 0] - first[..., 2])
+    assert (chroma > 100).mean() > 0.003 and (chroma < 8).mean() > 0.9  # colour flow present; the rest grey/black
+    assert not np.array_equal(image.frames[0], image.frames[13])  # a cine, not one frame repeated
+    subset = read_ultrasound(path, frame_step=13)  # frames 1, 14, 27 decoded alone
+    assert subset.frame_numbers == [1, 14, 27]
+    np.testing.assert_array_equal(subset.frames, image.frames[[0, 13, 26]])
 
 
 # --- wrap_as_ultrasound ---------------------------------------------------------------------------------------------

@@ -327,7 +327,13 @@ def test_source_with_ultrasound_regions(tmp_path, name):
     region = source.SequenceOfUltrasoundRegions[0]
     assert spacing == pytest.approx((float(region.PhysicalDeltaY) * 10, float(region.PhysicalDeltaX) * 10))
     preds = _predictions(source, [1])
-    paths = _write_all(source, preds, tmp_path, UIDFactory("regions"), pixel_spacing_mm=spacing)
+    fractional, binary = write_segmentations(source, preds, THRESHOLD, tmp_path, _algorithm(), UIDFactory("regions"))
+    report = write_report(
+        source, hd.seg.segread(binary), preds, THRESHOLD, tmp_path, _algorithm(), UIDFactory("regions"),
+        pixel_spacing_mm=spacing,
+    )
+    overlay = write_overlay(source, _overlay(source, preds), tmp_path, _algorithm(), UIDFactory("regions"))
+    paths = (fractional, binary, report, overlay)
     # dcm4che's YBR_422.dcm carries an invalid SOP Instance UID (a component with a leading zero). The outputs must
     # reference it as it is, so dciodvfy reports that value where it is referenced: that error (and its summary
     # line) belongs to the source. Any other error fails.
@@ -336,42 +342,17 @@ def test_source_with_ultrasound_regions(tmp_path, name):
         ignore = (source.SOPInstanceUID, "Dicom dataset contains invalid data values for Value Representations")
     _validate_all(paths, ignore)
     for seg_path in paths[:2]:
-        measures = pydicom.dcmread(seg_path).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-        assert [float(v) for v in measures.PixelSpacing] == pytest.approx(spacing)
-    # highdicom 0.28 cannot read Pixel Measures without Slice Thickness back (a 2D ultrasound frame has none to
-    # state); the stored frames are checked directly. When highdicom learns to, this assertion says so.
-    with pytest.raises(AttributeError, match="Pixel Measures"):
-        hd.seg.segread(paths[1])
-    _check_segmentations(source, preds, paths[0], paths[1], use_highdicom=False)
+        # PS3.3 A.51-2: no Pixel Measures without a Frame of Reference; highdicom's reader refuses them otherwise
+        shared = pydicom.dcmread(seg_path).SharedFunctionalGroupsSequence[0]
+        assert "PixelMeasuresSequence" not in shared
+        assert "FrameOfReferenceUID" not in pydicom.dcmread(seg_path)
+    _check_segmentations(source, preds, paths[0], paths[1], use_highdicom=True)
     _check_report(source, preds, paths[2], paths[1])
-
-
-@pytest.mark.realdata
-def test_dcmqi_converts_binary_seg(tmp_path):
-    """dcmqi needs patient geometry, which ultrasound does not have: the known failure is recorded as xfail."""
-    tool = _tool("segimage2itkimage")
-    source = _source(US_RGB)
-    _, binary = write_segmentations(
-        source, _predictions(source, [1]), THRESHOLD, tmp_path, _algorithm(), UIDFactory("q")
-    )
-    out = tmp_path / "dcmqi"
-    out.mkdir()
-    result = subprocess.run(
-        [tool, "--inputDICOM", str(binary), "--outputDirectory", str(out), "--outputType", "nrrd"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    log = result.stdout + result.stderr
-    if result.returncode == 0 and list(out.glob("*.nrrd")):
-        return  # a dcmqi that copes with SEGs without Frame of Reference
-    assert "Plane Orientation (Patient) is missing" in log, log
-    assert "Failed to get image directions" in log, log
-    pytest.xfail(
-        "dcmqi cannot convert a SEG without patient geometry: 'Plane Orientation (Patient) is missing, "
-        "cannot parse input' / 'ERROR: Failed to get image directions!'"
-    )
+    # the spacing reaches the SR as the lesion area: mask pixels x pixel area
+    group = hd.sr.srread(report).content.get_planar_roi_measurement_groups()[0]
+    areas = [m.value for m in group.get_measurements() if m.name.value == "42798000"]
+    expected = np.count_nonzero(preds[0].heatmap >= THRESHOLD) * spacing[0] * spacing[1]
+    assert areas == [pytest.approx(expected, rel=1e-6)] and expected > 0
 
 
 @pytest.mark.realdata

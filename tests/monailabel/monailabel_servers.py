@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("ULTRAAD_MONAILABEL_VENV", REPO / ".venv-monailabel"))
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+#: Debian's orthanc-gdcm: GDCM transcoder/decoder plugin, without which Orthanc 1.10 cannot serve JPEG 2000 (the US1_*
+#: series) over WADO-RS nor render it.
+GDCM_PLUGIN = DICOMWEB_PLUGIN.parent / "libOrthancGdcm.so"
 TINY_CONF = {"backbone": "UltraAD-Tiny-ViT", "pretrained": "random", "allow_random_init": "true",
              "feature_layers": "1,2,3,4"}
 
@@ -89,6 +92,8 @@ class Orthanc:
     def __init__(self, folder: Path) -> None:
         if not Path(ORTHANC).exists() or not DICOMWEB_PLUGIN.exists():
             missing("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+        if not GDCM_PLUGIN.exists():
+            missing("Orthanc's GDCM plugin is not installed (apt-get install orthanc-gdcm): no JPEG 2000 over WADO-RS")
         self.folder = folder
         self.http_port, self.dicom_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -97,7 +102,11 @@ class Orthanc:
             "Name": "ULTRAAD_TEST", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "Plugins": [str(DICOMWEB_PLUGIN), str(GDCM_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            # GDCM for JPEG 2000 only: Orthanc's own DCMTK codecs stay in charge of the others (GDCM transcoding
+            # of long JPEG baseline cines is slower than the server's 10 s PACS timeout)
+            "Gdcm": {"Enable": True, "RestrictTransferSyntaxes": [
+                "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"]},
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = folder / "orthanc.log"
@@ -124,20 +133,20 @@ class MonaiLabelServer:
     """``monailabel start_server --app monailabel_app`` from .venv-monailabel, on a free loopback port."""
 
     def __init__(self, studies: str, folder: Path, **conf: str) -> None:
-        python = VENV / "bin" / "python"
-        if not python.exists():
+        launcher = VENV / "bin" / "monailabel"
+        if not launcher.exists():
             missing(f"MONAI Label environment not found at {VENV}: build it with scripts/make_monailabel_venv.sh")
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model_dir = folder / "model"
-        args = [str(python), "-m", "monailabel.main", "start_server", "--app", str(REPO / "monailabel_app"),
+        # the venv's own launcher, not activated (no venv on PATH): it must run the venv's python by itself
+        args = [str(launcher), "start_server", "--app", str(REPO / "monailabel_app"),
                 "--studies", studies, "-i", "127.0.0.1", "-p", str(self.port)]
         for key, value in {**TINY_CONF, "model_dir": str(self.model_dir),
-                           "dicomweb_cache": str(folder / "dicomweb_cache"), "dicomweb_timeout": "10", **conf}.items():
+                           "dicomweb_cache": str(folder / "dicomweb_cache"), "dicomweb_timeout": "30", **conf}.items():
             args += ["--conf", key, value]
-        env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-               "MONAI_LABEL_SESSION_PATH": str(folder / "sessions"), "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+        env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(folder / "sessions"), "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
                "ULTRAAD_TORCH_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         self.log = folder / "monailabel.log"
         self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=folder,

@@ -83,7 +83,8 @@ def test_infer_returns_label_in_image_geometry_and_json(server, studies, data_di
     label_path.write_bytes(parts["image"])
     label = sitk.ReadImage(str(label_path))
     image = sitk.ReadImage(str(data_dir / "bus_uclm" / row["image"]))
-    assert label.GetSize() == image.GetSize()  # Slicer overlays it on the image as is
+    # 3D (W, H, 1), as Slicer 5.12's sitkUtils.PushVolumeToSlicer needs (tests/monailabel/test_slicer_label.py)
+    assert label.GetDimension() == 3 and label.GetSize() == (*image.GetSize(), 1)
     values = sitk.GetArrayFromImage(label)
     assert set(np.unique(values)) <= {0, result["lesion_label_value"]}
     assert int((values > 0).sum()) == result["lesion_pixels"]
@@ -131,6 +132,9 @@ def test_train_k8_from_datastore_labels_then_infer_uses_it(server, studies):
     assert stats["shots_per_class"] == 8 and stats["validation_images"] == 3 * (PER_CLASS - 8)
     assert stats["class_counts"] == {"normal": PER_CLASS, "benign": PER_CLASS, "malignant": PER_CLASS}
     assert stats["random_weights"] is True and stats["skipped"] == []
+    # what MONAI Label's Slicer module reads for its progress and accuracy bars
+    assert stats["epoch"] == stats["total_epochs"] == 20 and stats["total_time"] > 0
+    assert 0 <= stats["best_metric"] <= 1
     payload = engine.read_checkpoint(server.model_dir / "ultraad.pt")  # the core package's format and reader
     assert len(payload["split"]["shots"]) == 24 and payload["train_config"]["seed"] == 0
     assert payload["train_config"]["precision"] == "bf16"

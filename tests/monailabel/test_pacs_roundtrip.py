@@ -95,8 +95,14 @@ def test_every_real_us_file_infers_or_is_refused_clearly(server, pacs):
         assert status == 200 or series in detail or "frames" in detail
         for name in names:
             outcomes[name] = (status, detail)
-    # Orthanc cannot send JPEG XL over WADO-RS (502); were it sent, GDCM could not decode it (422)
+    # Orthanc cannot send JPEG XL over WADO-RS (502); were it sent, GDCM could not decode it (422). The deploy app
+    # decodes it (monai_ultraad/dicom/jpegxl.py, tests/dicom/test_reader.py).
     assert outcomes["dcm4che/will-jxl.dcm"][0] in (422, 502)
+    # JPEG 2000 (the US1_* series) reaches the server over WADO-RS: Debian's Orthanc 1.10 needs its GDCM plugin
+    # (orthanc-gdcm) for that, without it this is a 502. The series holds several objects (the same picture in other
+    # transfer syntaxes), which the app refuses with a 422 naming the count.
+    status, detail = outcomes["pydicom-data/US1_J2KI.dcm"]
+    assert status == 200 or (status == 422 and "objects" in detail), outcomes["pydicom-data/US1_J2KI.dcm"]
     assert outcomes["dcm4che/US-PAL-8-10x-echo.dcm"][0] == 422  # 10-frame cine loop
     assert "frames" in outcomes["dcm4che/US-PAL-8-10x-echo.dcm"][1]
     for ok in ("dcm4che/US-RGB-8-epicard.dcm", "dcm4che/YBR_422.dcm"):
@@ -104,6 +110,22 @@ def test_every_real_us_file_infers_or_is_refused_clearly(server, pacs):
         assert outcomes[ok][1]["random_weights"] is True
     assert sum(status == 200 for status, _ in outcomes.values()) >= 8
     print("\nDICOMweb infer outcomes:", json.dumps({n: s for n, (s, _) in outcomes.items()}, indent=1))
+
+
+def test_orthanc_serves_jpeg_2000_over_wado_rs(pacs, data_dir):
+    """WADO-RS of the JPEG 2000 objects, transcoded to Explicit VR Little Endian (the default a DICOMweb client asks
+    for): needs Orthanc's GDCM plugin (Debian orthanc-gdcm); without it Orthanc answers HTTP 500."""
+    import pydicom
+
+    orthanc = pacs[0]
+    # the US1_* files share one SOP Instance UID; Orthanc keeps the first stored, US1_J2KI (JPEG 2000 lossy)
+    for name in ("pydicom-data/US1_J2KI.dcm",):
+        ds = pydicom.dcmread(data_dir / "dicom" / name, stop_before_pixels=True)
+        url = (f"{orthanc.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+               f"{ds.SOPInstanceUID}")
+        status, body, _ = http("GET", url, headers={"Accept": 'multipart/related; type="application/dicom"'})
+        assert status == 200, (name, status, body[:200])
+        assert len(body) > int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)  # decompressed pixels sent
 
 
 def test_label_train_deploy_and_store_results_back(server, pacs, tmp_path):

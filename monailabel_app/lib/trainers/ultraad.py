@@ -111,6 +111,12 @@ class UltraADTrain(TrainTask):
         except ValueError as exc:
             raise UltraADError(f"invalid training parameters: {exc}") from exc
         store = engine.build_store(self.provider.backbone, cache_dir=settings.model_dir / "features", progress=False)
+        # What MONAI Label's Slicer module polls while the task runs (monitorTraining: epoch / total_epochs, no
+        # total_time yet): the bar starts at the beginning instead of jumping to 100 %.
+        atomic_write_json(settings.model_dir / STATS_NAME, {
+            "epoch": 0, "total_epochs": config.epochs, "best_metric": self.stats().get("best_metric", 0.0),
+            "status": "RUNNING",
+        })
         fit_start = time.perf_counter()
         result = engine.fit(model, shots, validation, store, config, progress=False)
         fit_seconds = time.perf_counter() - fit_start
@@ -121,7 +127,15 @@ class UltraADTrain(TrainTask):
             extra={"source": "monailabel_app", "datastore": datastore.name(), "class_counts": dict(counts),
                    "shots_per_class": k, "skipped": skipped},
         )
+        scores = [float(r["val_score"]) for r in result.history if not math.isnan(float(r.get("val_score", math.nan)))]
         stats = {
+            # the keys MONAI Label's Slicer module reads (plugins/slicer/MONAILabel/MONAILabel.py): the accuracy bar
+            # shows best_metric (here the best validation selection score, mean of engine.SELECTION_METRICS; 0
+            # without validation), the progress bar epoch / total_epochs, and total_time marks a finished run
+            "best_metric": max(scores) if scores else 0.0,
+            "epoch": len(result.history),
+            "total_epochs": config.epochs,
+            "total_time": round(time.perf_counter() - start, 3),
             "checkpoint": settings.checkpoint.name,
             "shots_per_class": k,
             "requested_shots": shots_per_class,

@@ -1,0 +1,170 @@
+"""A TID 1500 SR that OHIF can open: the lesion outline as an image region, with the finding and the class.
+
+The measurement report of :func:`monai_ultraad.dicom.writers.write_report` ties every TID 1410 group to a frame of
+the BINARY SEG (a "Referenced Segmentation Frame"), which is the standard way for a segmentation-based finding. OHIF
+3.13's SR viewport, however, hydrates only groups with a spatial coordinate (SCOORD) and fails on the others
+("Cannot read properties of undefined (reading 'ReferencedSOPSequence')", the viewport stays black). This module
+writes a second, small report for viewers beside it: per analysed frame with a lesion, one TID 1410 group whose ROI
+is the outline of the lesion's largest connected part (its convex hull, a closed POLYLINE in the source image's pixel
+coordinates; SCOORD needs no Frame of Reference), with the finding (Neoplasm), the predicted class (SNOMED CT), its
+probability and the anomaly score. Frames without a lesion have no region to draw and no group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from monai_ultraad.constants import CLASS_NAMES
+from monai_ultraad.dicom.writers import (
+    _PROBABILITY_CONCEPTS,
+    LOCAL_CODING_SCHEME,
+    MANUFACTURER,
+    AlgorithmInfo,
+    UIDFactory,
+    _check_source,
+    _checked_predictions,
+    _header_only,
+    _is_multiframe,
+    _lesion_category,
+    _lesion_type,
+    _lo,
+    _no_patient_data_in_warnings,
+    _output_path,
+    _PredictionLike,
+    _stamp_creation_time,
+    _time_kwargs,
+    _write,
+    class_code,
+    concept,
+)
+
+__all__ = ["lesion_outline", "write_viewer_report"]
+
+logger = logging.getLogger(__name__)
+
+
+def lesion_outline(mask: np.ndarray) -> np.ndarray | None:
+    """Closed (N, 2) polyline (column, row) around the largest connected part of ``mask``; ``None`` when empty.
+
+    The convex hull of the pixel squares' corners: it encloses every pixel of that part.
+    """
+    labels, count = ndimage.label(np.asarray(mask) != 0)
+    if count == 0:
+        return None
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+    rows, cols = np.nonzero(labels == 1 + int(np.argmax(sizes)))
+    corners = np.concatenate([np.stack([cols + dx, rows + dy], axis=1) for dx in (0, 1) for dy in (0, 1)])
+    corners = np.unique(corners, axis=0).astype(np.float64)
+    try:
+        hull = corners[ConvexHull(corners).vertices]
+    except QhullError:  # one row or column of pixels: its bounding box
+        (c0, r0), (c1, r1) = corners.min(axis=0), corners.max(axis=0)
+        hull = np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1]], dtype=np.float64)
+    return np.concatenate([hull, hull[:1]])  # closed: first point repeated
+
+
+def write_viewer_report(
+    source: Dataset,
+    predictions: Sequence[_PredictionLike],
+    threshold: float,
+    output_dir: str | os.PathLike[str],
+    algorithm: AlgorithmInfo,
+    uids: UIDFactory,
+    series_number: int = 9006,
+) -> Path | None:
+    """Write the viewer report (see the module docstring); ``None`` when no frame has a lesion to outline.
+
+    Returns:
+        Path of ``sr_viewer_<SOPInstanceUID>.dcm`` inside ``output_dir``.
+    """
+    _check_source(source)
+    preds = _checked_predictions(source, predictions)
+    algorithm_id = algorithm.sr_identification()
+    multiframe = _is_multiframe(source)
+    groups = []
+    for p in preds:
+        frame = int(p.frame_number)
+        mask = np.clip(np.asarray(p.heatmap, dtype=np.float32), 0, 1) >= float(threshold)
+        outline = lesion_outline(mask)
+        if outline is None:
+            continue
+        predicted = max(CLASS_NAMES, key=lambda c: float(p.class_probs[c]))
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=outline,
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+                referenced_frame_numbers=[frame] if multiframe else None,
+            ),
+        )
+        measurements = [
+            hd.sr.Measurement(name=concept(_PROBABILITY_CONCEPTS[predicted]), value=float(p.class_probs[predicted]),
+                              unit=codes.UCUM.Ratio, algorithm_id=algorithm_id),
+            hd.sr.Measurement(name=concept("ANOMALY-SCORE"), value=float(p.anomaly_score), unit=codes.UCUM.NoUnits,
+                              algorithm_id=algorithm_id),
+        ]
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=uids.new("viewer-roi-tracking", source.SOPInstanceUID, frame),
+                identifier=_lo(f"UltraAD lesion ({predicted}), frame {frame}"),
+            ),
+            referenced_region=region,
+            finding_type=_lesion_type(),
+            finding_category=_lesion_category(),
+            algorithm_id=algorithm_id,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Breast)],
+            measurements=measurements,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=concept("PRED-CLASS"), value=class_code(predicted))],
+        ))
+    if not groups:
+        logger.info("no lesion in any analysed frame: no viewer report")
+        return None
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=algorithm.device_uid(), name=_lo(algorithm.display_name), manufacturer_name=MANUFACTURER,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.SCT.UltrasonographyOfBreast,
+        imaging_measurements=groups,
+    )
+    when = uids.now()
+    description = "UltraAD lesion outline" + (" (RANDOM WEIGHTS)" if algorithm.random_weights else "") + ", for viewers"
+    with _no_patient_data_in_warnings():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[_header_only(source)],
+            content=report,
+            series_instance_uid=uids.new("sr-viewer-series", source.SOPInstanceUID),
+            series_number=series_number,
+            sop_instance_uid=uids.new("sr-viewer-sop", source.SOPInstanceUID),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            series_description=_lo(description),
+            coding_schemes=[CodingSchemeIdentificationItem(
+                designator=LOCAL_CODING_SCHEME, name="UltraAD local concepts",
+                responsible_organization="monai_ultraad developers",
+            )],
+            **_time_kwargs(when),
+        )
+    _stamp_creation_time(sr, when)
+    path = _output_path(output_dir, "sr_viewer", sr.SOPInstanceUID)
+    _write(sr, path)
+    logger.info("wrote viewer report with %d outlined lesion(s) to %s", len(groups), path)
+    return path
