@@ -51,12 +51,14 @@ from monai_ultraad.dicom.writers import (
     UIDFactory,
     _check_source,
     _checked_predictions,
-    _header_only,
+    _for_highdicom,
+    _frames_referenceable,
     _is_multiframe,
     _lo,
     _no_patient_data_in_warnings,
     _output_path,
     _PredictionLike,
+    _restore_source_sop_class,
     _segment_description,
     _set_deterministic_dimension_uid,
     _software_versions,
@@ -149,7 +151,7 @@ class _DisplayGeometrySegmentation(hd.seg.Segmentation):
 
 def _display_header(source: Dataset, frame_of_reference_uid: str) -> Dataset:
     """Header-only copy of the source with the new Frame of Reference (highdicom copies it into the SEG)."""
-    header = _header_only(source)
+    header = _for_highdicom(source)  # conformant values; a retired SOP class looked up as the current one
     header.FrameOfReferenceUID = frame_of_reference_uid
     header.PositionReferenceIndicator = None  # Type 2: no anatomical reference point
     # highdicom decides "patient coordinate system" from a position at the root; the SEG's own geometry is set in
@@ -227,7 +229,8 @@ def write_viewer_segmentations(
             description.SegmentDescription = f"Lesion, source frame {frame}"
         with _no_patient_data_in_warnings():
             seg = _DisplayGeometrySegmentation(
-                source_frame_number=frame if multiframe else None,
+                # frame numbers only for multi-frame SOP classes (PS3.3 10.3); the description names the frame
+                source_frame_number=frame if multiframe and _frames_referenceable(source) else None,
                 source_images=[header],
                 pixel_array=mask[np.newaxis],
                 segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -250,6 +253,7 @@ def write_viewer_segmentations(
                 omit_empty_frames=False,  # an empty mask is an answer too ("no lesion here")
                 **_time_kwargs(when),
             )
+        _restore_source_sop_class(seg, source)  # references name the source's real (possibly retired) class
         _finish(seg, source, algorithm, uids, frame, when, calibrated)
         path = _output_path(output_dir, "seg_viewer", seg.SOPInstanceUID)
         paths.append(_write(seg, path))

@@ -26,6 +26,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from monai_ultraad.constants import CLASS_NAMES
+from monai_ultraad.dicom.source_header import iod_sop_class
 from monai_ultraad.dicom.writers import (
     _PROBABILITY_CONCEPTS,
     LOCAL_CODING_SCHEME,
@@ -34,13 +35,15 @@ from monai_ultraad.dicom.writers import (
     UIDFactory,
     _check_source,
     _checked_predictions,
-    _header_only,
+    _for_highdicom,
+    _frames_referenceable,
     _is_multiframe,
     _lesion_category,
     _lesion_type,
     _lo,
     _no_patient_data_in_warnings,
     _output_path,
+    _restore_source_sop_class,
     _PredictionLike,
     _stamp_creation_time,
     _time_kwargs,
@@ -104,9 +107,11 @@ def write_viewer_report(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=outline,
             source_image=hd.sr.SourceImageForRegion(
-                referenced_sop_class_uid=source.SOPClassUID,
+                # highdicom looks the class up in its IOD tables (current classes only); the source's real class is
+                # put back by _restore_source_sop_class below
+                referenced_sop_class_uid=iod_sop_class(source.SOPClassUID),
                 referenced_sop_instance_uid=source.SOPInstanceUID,
-                referenced_frame_numbers=[frame] if multiframe else None,
+                referenced_frame_numbers=[frame] if multiframe and _frames_referenceable(source) else None,
             ),
         )
         measurements = [
@@ -146,7 +151,7 @@ def write_viewer_report(
     description = "UltraAD lesion outline" + (" (RANDOM WEIGHTS)" if algorithm.random_weights else "") + ", for viewers"
     with _no_patient_data_in_warnings():
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[_header_only(source)],
+            evidence=[_for_highdicom(source)],
             content=report,
             series_instance_uid=uids.new("sr-viewer-series", source.SOPInstanceUID),
             series_number=series_number,
@@ -163,6 +168,7 @@ def write_viewer_report(
             )],
             **_time_kwargs(when),
         )
+    _restore_source_sop_class(sr, source)  # the evidence names the source's real (possibly retired) class
     _stamp_creation_time(sr, when)
     path = _output_path(output_dir, "sr_viewer", sr.SOPInstanceUID)
     _write(sr, path)
