@@ -141,6 +141,8 @@ class FitResult:
     epoch_seconds: list[float] = field(default_factory=list)
     feature_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: validation temperature / class bias and the validation ECE and balanced accuracy before and after them
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -404,11 +406,44 @@ def fit(
     model.load_head_state_dict(best_state)
     model.to(device)
 
+    calibration, calibration_notes = calibrate(model, val_batches)
     threshold, threshold_notes = choose_threshold(model, val_batches)
-    notes += threshold_notes
+    notes += calibration_notes + threshold_notes
     if val_batches:
         best_metrics, _, _ = evaluate_features(model, val_batches, threshold=threshold)
-    return FitResult(best_epoch, threshold, best_metrics, history, epoch_seconds, feature_seconds, notes)
+    return FitResult(best_epoch, threshold, best_metrics, history, epoch_seconds, feature_seconds, notes, calibration)
+
+
+def calibrate(
+    model: UltraAD, val_batches: Sequence[tuple[VisualFeatures, Sequence[EvalSample]]]
+) -> tuple[dict[str, Any], list[str]]:
+    """Fit the class-probability temperature and class bias on the VALIDATION images (see
+    :mod:`monai_ultraad.calibration`); returns them with the validation ECE and balanced accuracy before / after."""
+    from monai_ultraad.calibration import fit_calibration
+    from monai_ultraad.metrics import BalancedAccuracy, ExpectedCalibrationError
+
+    model = unwrap(model)
+    model.calibration.reset()
+    if not val_batches:
+        return {}, ["no validation images: class probabilities left uncalibrated"]
+    logits = torch.cat([run_head(model, feats, samples)[0].class_logits.float().cpu() for feats, samples in val_batches])
+    labels = torch.tensor([s.label for _, samples in val_batches for s in samples])
+    if len(torch.unique(labels)) < 2:
+        return {}, ["validation images of one class only: class probabilities left uncalibrated"]
+
+    def scores(lg: torch.Tensor) -> dict[str, float]:
+        ece, bal = ExpectedCalibrationError(), BalancedAccuracy()
+        ece.update(lg.softmax(-1).numpy(), labels.numpy())
+        bal.update(lg.softmax(-1).numpy(), labels.numpy())
+        return {"ece": float(ece.compute()), "balanced_accuracy": float(bal.compute())}
+
+    temperature, bias = fit_calibration(logits, labels)
+    with torch.no_grad():
+        model.calibration.temperature.fill_(temperature)
+        model.calibration.bias.copy_(bias.to(model.calibration.bias))
+    record = {"temperature": temperature, "bias": [float(b) for b in bias], "validation_before": scores(logits),
+              "validation_after": scores(logits / temperature + bias)}
+    return record, []
 
 
 def choose_threshold(
@@ -455,6 +490,7 @@ def save_checkpoint(
         "split": split,
         "best_epoch": fit_result.best_epoch if fit_result else None,
         "val_metrics": to_jsonable(fit_result.val_metrics) if fit_result else None,  # plain types: weights_only load
+        "calibration": to_jsonable(fit_result.calibration) if fit_result else None,
         "random_weights": model.random_weights,
         "versions": {
             "monai_ultraad": monai_ultraad.__version__,
@@ -620,6 +656,7 @@ __all__ = [
     "autocast",
     "build_model",
     "build_store",
+    "calibrate",
     "check_precision",
     "choose_threshold",
     "evaluate",
