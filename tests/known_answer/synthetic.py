@@ -49,7 +49,8 @@ def _tissue(rng: np.random.Generator, size: int) -> np.ndarray:
 def _lesion(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Boolean lesion mask and (centre row, centre col, radius) in pixels."""
     r = rng.uniform(0.13, 0.22) * size
-    cy, cx = rng.uniform(0.42, 0.6) * size, rng.uniform(0.3, 0.7) * size
+    # upper half, right of centre: a map flipped upside down or transposed lands away from the lesion
+    cy, cx = rng.uniform(0.3, 0.4) * size, rng.uniform(0.55, 0.75) * size
     yy, xx = np.mgrid[0:size, 0:size].astype(float)
     dy, dx = yy - cy, xx - cx
     if kind == "benign":  # smooth, oval, parallel to the skin
@@ -82,6 +83,7 @@ def make_image(rng: np.random.Generator, kind: str, size: int = 128) -> tuple[np
         speckle = np.where(mask, 1.0, speckle)  # fluid: no internal speckle
     img = _smooth(echo * speckle, 1, axis=0)
     img *= np.linspace(1.05, 0.8, size)[:, None]  # depth gain
+    img *= rng.uniform(0.8, 1.2)  # overall gain, set by the operator: a nuisance that nearest-neighbour must see past
     img = np.clip(img * 200.0, 0, 255).astype(np.uint8)
     return img, (mask * 255).astype(np.uint8)
 
