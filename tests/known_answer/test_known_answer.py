@@ -19,7 +19,7 @@ from tests.known_answer.harness import prepare, run_ultraad
 from tests.known_answer.variants import broken
 
 #: metric -> floor; the variants below name the floors that must fail.
-FLOORS = {"pixel_auroc": 0.85, "dice": 0.35, "image_auroc": 0.85, "benign_malignant_auroc": 0.60,
+FLOORS = {"pixel_auroc": 0.85, "dice": 0.35, "image_auroc": 0.80, "benign_malignant_auroc": 0.60,
           "balanced_accuracy": 0.45}
 #: variant -> the floors it must fail (the part each floor depends on)
 MUST_FAIL = {
