@@ -63,26 +63,78 @@ def run_ultraad(ka: KnownAnswerSet, config: engine.TrainConfig | None = None, se
     return metrics, result, model
 
 
+def run_method(ka: KnownAnswerSet, key: str, seed: int = SEED, **options: Any) -> dict[str, Any]:
+    """A benchmark method (``benchmarks.methods.METHODS[key]``, at its default options unless given) fitted and
+    scored by the benchmark's own protocol (``benchmarks.protocol.run_cell``) on the test split; its metrics, with
+    None where the method has no such output."""
+    from benchmarks import protocol
+    from benchmarks.methods import METHODS
+
+    method = METHODS[key](ka.backbone, engine.CLASS_NAMES, **options)
+    data = protocol.fit_data(ka.split, ka.store, ka.backbone, seed)
+    target = protocol.load_target("known_answer_test", ka.split.test, "synthetic known-answer test split", ka.store)
+    record, _ = protocol.run_cell(method, data, [target], ka.store, batch_size=32, keep_ids=set())
+    return record["targets"]["known_answer_test"]["metrics"]
+
+
 def format_row(name: str, metrics: dict[str, Any]) -> str:
-    return f"| {name} | " + " | ".join(f"{float(metrics.get(k, float('nan'))):.3f}" for k in FLOOR_METRICS) + " |"
+    cells = ["–" if metrics.get(k) is None else f"{float(metrics[k]):.3f}" for k in FLOOR_METRICS]
+    return f"| {name} | " + " | ".join(cells) + " |"
 
 
-if __name__ == "__main__":
+def main() -> None:
     import argparse
+    import logging
     import tempfile
+
+    import numpy as np
+    import pytest
+    import torch
+
+    from tests.known_answer.variants import VARIANTS, broken
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbone", default=TINY_BACKBONE)
     parser.add_argument("--layers", default="1,2,3,4")
+    parser.add_argument("--seeds", default="0", help="comma-separated; each seed draws its own set, shots and head")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--variants", action="store_true", help=f"also the broken variants {VARIANTS}")
+    parser.add_argument("--methods", default="", help="comma-separated benchmark method keys to run as well")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        ka = prepare(Path(tmp), tiny_backbone(name=args.backbone, layers=tuple(int(x) for x in args.layers.split(","))))
-        overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
-        t0 = time.perf_counter()
-        metrics, result, _ = run_ultraad(ka, engine.TrainConfig(seed=SEED, **overrides))
-        print("| setting | " + " | ".join(FLOOR_METRICS) + " |")
-        print(format_row(f"{args.backbone} {overrides or 'defaults'}", metrics))
-        print(f"features {ka.timings['features_s']:.1f} s, fit+test {time.perf_counter() - t0:.1f} s, "
-              f"best epoch {result.best_epoch}, threshold {result.threshold:.3f}")
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and fair to other jobs
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    keys = (*FLOOR_METRICS, "ece")
+    print("| run | " + " | ".join(keys) + " |")
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            layers = tuple(int(x) for x in args.layers.split(","))
+            ka = prepare(Path(tmp), tiny_backbone(name=args.backbone, layers=layers), seed=seed)
+            t0 = time.perf_counter()
+            metrics, result, _ = run_ultraad(ka, engine.TrainConfig(seed=seed, **overrides), seed=seed)
+            rows.append([metrics[k] for k in keys])
+            print(f"| seed {seed} {args.backbone} {overrides or 'defaults'} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys)
+                  + f" | ({time.perf_counter() - t0:.1f} s, best epoch {result.best_epoch}, threshold "
+                  f"{result.threshold:.3f}, calibration {getattr(result, 'calibration', None)})", flush=True)
+            for variant in VARIANTS if args.variants else ():
+                patch = pytest.MonkeyPatch()
+                with broken(variant, patch) as model_kwargs:
+                    m, _, _ = run_ultraad(ka, engine.TrainConfig(seed=seed, **overrides), seed=seed, **model_kwargs)
+                patch.undo()
+                print(f"| seed {seed} {variant} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |", flush=True)
+            for key in filter(None, args.methods.split(",")):
+                t0 = time.perf_counter()
+                try:
+                    print(format_row(f"seed {seed} benchmark method {key}", run_method(ka, key, seed=seed)),
+                          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+                except Exception as exc:  # noqa: BLE001 - report and go on with the next method
+                    print(f"| seed {seed} benchmark method {key} | failed: {exc!r} |", flush=True)
+    if len(rows) > 1:
+        a = np.array(rows)
+        print("| mean ± std | " + " | ".join(f"{mu:.3f} ± {sd:.3f}" for mu, sd in zip(a.mean(0), a.std(0))) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,7 @@ import torch
 
 from monai_ultraad import engine
 from monai_ultraad.metrics import dice_threshold_curve
-from tests.known_answer.harness import prepare, run_ultraad
+from tests.known_answer.harness import prepare, run_method, run_ultraad
 from tests.known_answer.variants import broken
 
 #: metric -> floor; the variants below name the floors that must fail.
@@ -104,3 +104,15 @@ def test_fusion_is_trained(known_answer, trained):
     check that training reaches it: its zero-initialised output projection must have moved."""
     _, _, model = trained
     assert model.fusion.attention.out_proj.weight.abs().max() > 1e-3
+
+
+#: Benchmark methods held to the same floors (on the outputs they have); see README for the others, tried read-only.
+BENCHMARK_METHODS = ("ultraad",)
+
+
+@pytest.mark.parametrize("key", BENCHMARK_METHODS)
+def test_benchmark_method_reaches_the_floors(known_answer, key):
+    metrics = run_method(known_answer, key)
+    applicable = [k for k in FLOORS if metrics.get(k) is not None]
+    assert applicable, f"{key} has none of the floor metrics"
+    assert not below(metrics, applicable), below(metrics, applicable)
