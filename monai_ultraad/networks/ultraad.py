@@ -47,6 +47,11 @@ from monai_ultraad.networks.prompts import (
 )
 
 
+#: head entries added after the first checkpoints were written (see UltraAD.load_head_state_dict)
+_ADDED_HEAD_KEYS = ("memory.center", "memory.log_term_weights", "memory.class_bias", "calibration.temperature",
+                    "calibration.bias")
+
+
 def _autocasts_to(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether autocast is on for ``device`` and computes in ``dtype``."""
     return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == dtype
@@ -217,6 +222,10 @@ class UltraAD(nn.Module):
             raise WeightsError("checkpoint has no UltraAD head weights (memory.keys missing)")
         self.memory.resize_(state["memory.keys"].shape[0])
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        # checkpoints from before the memory centring, term weights and calibration: their neutral values give the
+        # earlier formula exactly (centre 0, weights exp(0) = 1, biases 0, temperature 1)
+        state = {**{k: torch.ones_like(own[k]) if k == "calibration.temperature" else torch.zeros_like(own[k])
+                    for k in _ADDED_HEAD_KEYS if k in own and k not in state}, **state}
         unexpected = sorted(set(state) - set(own))
         missing = sorted(set(own) - set(state))
         mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]

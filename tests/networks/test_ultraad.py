@@ -175,6 +175,22 @@ def test_head_state_roundtrip(model, tiny_backbone):
     assert other.memory.size == 6
 
 
+def test_head_state_from_before_the_class_fixes_loads_as_it_was(model, tiny_backbone):
+    """A checkpoint written before the centred memory, term weights and calibration existed loads, and computes
+    the earlier formula: text at scale 100 plus alpha times the mean raw affinity, no bias, no temperature."""
+    old = {k: v for k, v in model.head_state_dict().items()
+           if k not in ("memory.center", "memory.log_term_weights", "memory.class_bias", "calibration.temperature",
+                        "calibration.bias")}
+    loaded = UltraAD(tiny_backbone)
+    loaded.load_head_state_dict(old)
+    feats = tiny_backbone.encode_image(torch.randn(2, 3, 64, 64))
+    shared = loaded.mininet(feats.cls_token)
+    keys = F.normalize(loaded.memory.keys, dim=-1)
+    values = F.one_hot(loaded.memory.labels, 3).float()
+    expected = 100 * shared @ loaded.memory.class_text.t() + 10 * torch.exp(-5.5 * (1 - shared @ keys.t())) @ values / values.sum(0)
+    torch.testing.assert_close(loaded.eval().forward_features(feats).class_logits, expected)
+
+
 def test_head_state_from_other_configuration_is_rejected(model, tiny_backbone):
     state = model.head_state_dict()
     state.pop("prompt_learner.ctx")
