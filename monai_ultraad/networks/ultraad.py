@@ -46,7 +46,6 @@ from monai_ultraad.networks.prompts import (
     encode_class_prompts,
 )
 
-
 #: head entries added after the first checkpoints were written (see UltraAD.load_head_state_dict)
 _ADDED_HEAD_KEYS = ("memory.center", "memory.log_term_weights", "memory.class_bias", "calibration.temperature",
                     "calibration.bias")

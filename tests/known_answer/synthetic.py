@@ -36,7 +36,7 @@ def _tissue(rng: np.random.Generator, size: int) -> np.ndarray:
     """Echogenicity (before speckle) of layered breast tissue, rows = depth."""
     depth = np.linspace(0.0, 1.0, size)[:, None] * np.ones((1, size))
     x = np.linspace(0.0, 1.0, size)[None, :]
-    wave = lambda amp: amp * np.sin(2 * np.pi * (rng.uniform(0.5, 1.5) * x + rng.uniform(0, 1)))  # noqa: E731
+    wave = lambda amp: amp * np.sin(2 * np.pi * (rng.uniform(0.5, 1.5) * x + rng.uniform(0, 1)))
     skin, fat, gland = 0.05 + wave(0.01), 0.25 + wave(0.04), 0.75 + wave(0.05)
     echo = np.full((size, size), 0.45)  # subcutaneous fat: medium-low
     echo[depth < skin] = 0.95  # skin line

@@ -62,7 +62,7 @@ def test_defaults_reach_every_floor(trained):
 
 def test_validation_threshold_serves_the_map(known_answer, trained):
     """Dice at the validation threshold is within 0.05 of the best Dice any threshold reaches on the test set."""
-    metrics, result, model = trained
+    metrics, _, model = trained
     batches = engine.validation_batches(known_answer.split.test, known_answer.store)
     _, _, maps = engine.evaluate_features(model, batches, keep_maps=True)
     _, dice = dice_threshold_curve(maps, [s.mask for _, samples in batches for s in samples])

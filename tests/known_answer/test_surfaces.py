@@ -111,7 +111,7 @@ def test_monailabel_trainer(dataset, tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps(entries))
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([python, str(REPO / "tests/known_answer/monailabel_train.py"), str(tmp_path / "labels.json"),
-                             str(tmp_path / "model")], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+                             str(tmp_path / "model")], cwd=REPO, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert stats["shots_per_class"] == SHOTS
