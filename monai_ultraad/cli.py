@@ -88,7 +88,7 @@ class UltraADCLI:
         feature_layers: Any = ",".join(map(str, DEFAULT_FEATURE_LAYERS)),
         epochs: int = 20,
         batch_size: int = 8,
-        lr: float = 1e-3,
+        lr: float = 5e-3,
         precision: str = "fp32",
         split_seed: int = 0,
         test_fraction: float = 0.3,

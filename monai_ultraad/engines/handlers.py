@@ -19,6 +19,7 @@ from monai_ultraad.engine import (
     SELECTION_METRICS,
     TrainConfig,
     _selection_score,
+    calibrate,
     choose_threshold,
     save_checkpoint,
     validation_batches,
@@ -142,12 +143,13 @@ class FewShotCheckpointSaver:
         batches = []
         if self.validation is not None and len(self.validation):
             batches = validation_batches(self.validation.data, self.validation.store)
+        calibration, calibration_notes = calibrate(self.network, batches)
         self.threshold, threshold_notes = choose_threshold(self.network, batches)
-        notes += threshold_notes
+        notes += calibration_notes + threshold_notes
         known = set(TrainConfig.__dataclass_fields__)
         config = TrainConfig(**{k: v for k, v in self.train_config.items() if k in known})
         split = self.split.to_dict() if hasattr(self.split, "to_dict") else self.split
-        extra = {**self.extra, "bundle_train_config": self.train_config, "notes": notes,
+        extra = {**self.extra, "bundle_train_config": self.train_config, "notes": notes, "calibration": calibration,
                  "best_val_score": self.keeper.best_score if self.keeper else None}
         save_checkpoint(self.save_path, self.network, threshold=self.threshold, train_config=config, split=split,
                         extra=extra)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from monai_ultraad.calibration import LogitCalibration
 from monai_ultraad.constants import CLASS_NAMES, NORMAL_INDEX
 from monai_ultraad.errors import WeightsError
 from monai_ultraad.networks.adapters import MultiLevelPatchAdapter
@@ -44,6 +45,10 @@ from monai_ultraad.networks.prompts import (
     ImageAwarePromptLearner,
     encode_class_prompts,
 )
+
+#: head entries added after the first checkpoints were written (see UltraAD.load_head_state_dict)
+_ADDED_HEAD_KEYS = ("memory.center", "memory.log_term_weights", "memory.class_bias", "calibration.temperature",
+                    "calibration.bias")
 
 
 def _autocasts_to(dtype: torch.dtype, device: torch.device) -> bool:
@@ -183,6 +188,8 @@ class UltraAD(nn.Module):
         self.memory = FewShotMemoryBank(class_text, alpha=memory_alpha, beta=memory_beta, use_memory=use_memory)
         self.fusion = PatchLanguageFusion(dim, heads) if use_fusion else None
         self.map_temperature = map_temperature
+        # temperature + class bias fitted on validation images after training (identity before)
+        self.calibration = LogitCalibration(len(self.class_names))
 
     # ------------------------------------------------------------------ provenance
     @property
@@ -202,6 +209,7 @@ class UltraAD(nn.Module):
     def setup_memory(self, features: VisualFeatures, labels: torch.Tensor) -> None:
         """Store the few-shot images' class tokens (and labels) in the memory bank."""
         self.memory.setup(F.normalize(features.cls_token.float(), dim=-1), labels)
+        self.calibration.reset()  # a new memory: an earlier validation calibration no longer applies
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained part only: everything except the frozen backbone (which is loaded from its weights)."""
@@ -213,6 +221,10 @@ class UltraAD(nn.Module):
             raise WeightsError("checkpoint has no UltraAD head weights (memory.keys missing)")
         self.memory.resize_(state["memory.keys"].shape[0])
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        # checkpoints from before the memory centring, term weights and calibration: their neutral values give the
+        # earlier formula exactly (centre 0, weights exp(0) = 1, biases 0, temperature 1)
+        state = {**{k: torch.ones_like(own[k]) if k == "calibration.temperature" else torch.zeros_like(own[k])
+                    for k in _ADDED_HEAD_KEYS if k in own and k not in state}, **state}
         unexpected = sorted(set(state) - set(own))
         missing = sorted(set(own) - set(state))
         mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
@@ -258,7 +270,7 @@ class UltraAD(nn.Module):
             raise ValueError(f"expected {grid * grid} patch tokens ({grid}x{grid} grid), got {patches.shape[2]}")
 
         shared = self.mininet(cls_token)  # (B, D), shared by classification and prompting
-        class_logits = self.memory(shared, exclude=memory_exclude)
+        class_logits = self.calibration(self.memory(shared, exclude=memory_exclude))
 
         state_text = self.prompt_learner(shared)  # (B, 2, D): image-aware normal / abnormal prompts
         class_text = self.memory.class_text

@@ -102,7 +102,7 @@ def test_class_prompts_are_frozen_and_normalised(tiny_backbone):
 
 def test_memory_bank_leave_one_out():
     text = F.normalize(torch.randn(3, 8), dim=-1)
-    bank = FewShotMemoryBank(text, alpha=10.0)
+    bank = FewShotMemoryBank(text, alpha=10.0, centered=False, balanced_start=False)  # the paper's literal form
     keys = F.normalize(torch.randn(3, 8), dim=-1)
     bank.setup(keys, torch.tensor([0, 1, 2]))
     with_self = bank(keys)
@@ -113,9 +113,33 @@ def test_memory_bank_leave_one_out():
     torch.testing.assert_close(without_self, text_only + 10 * (torch.exp(-5.5 * (1 - keys @ keys.t())) * (1 - torch.eye(3))))
     off = FewShotMemoryBank(text, use_memory=False)
     off.setup(keys, torch.tensor([0, 1, 2]))
-    torch.testing.assert_close(off(keys), text_only)
+    torch.testing.assert_close(off(keys), off.log_term_weights.exp()[0] * text_only + off.class_bias)
     with pytest.raises(ValueError):
         bank.setup(keys, torch.tensor([0, 1, 5]))
+
+
+def test_memory_bank_centred_affinities_and_balanced_start():
+    """Affinities are taken around the shots' mean; the set-up fit leaves the shots' mean logits class-balanced."""
+    torch.manual_seed(0)
+    text = F.normalize(torch.randn(3, 8), dim=-1)
+    base = F.normalize(torch.randn(8), dim=0)
+    labels = torch.arange(3).repeat_interleave(4)
+    # a narrow cone (cosines ~0.99) with a class direction, as CLIP class tokens of ultrasound images are
+    keys = F.normalize(base + 0.1 * F.normalize(torch.randn(3, 8), dim=-1)[labels] + 0.02 * torch.randn(12, 8), dim=-1)
+    bank = FewShotMemoryBank(text, alpha=10.0, beta=5.5)
+    bank.setup(keys, labels)
+    torch.testing.assert_close(bank.center, keys.mean(0))
+    text_term, memory_term = bank.terms(keys, exclude=torch.arange(12))
+    centred = F.normalize(keys - keys.mean(0), dim=-1)
+    expected = 10 * (torch.exp(-5.5 * (1 - centred @ centred.t())) * (1 - torch.eye(12))) @ F.one_hot(labels).float() / 4
+    torch.testing.assert_close(memory_term, expected)
+    w = bank.log_term_weights.exp()
+    torch.testing.assert_close(bank(keys, exclude=torch.arange(12)), w[0] * text_term + w[1] * memory_term + bank.class_bias)
+    # fitted to the shots: leave-one-out they are classified (the literal, uncentred bank calls them all one class)
+    assert (bank(keys, exclude=torch.arange(12)).argmax(-1) == labels).float().mean() >= 0.9
+    literal = FewShotMemoryBank(text, alpha=10.0, beta=5.5, centered=False, balanced_start=False)
+    literal.setup(keys, labels)
+    assert (literal(keys, exclude=torch.arange(12)).argmax(-1) == labels).float().mean() <= 0.5
 
 
 def test_adapter_checks_layer_count():
@@ -149,6 +173,22 @@ def test_head_state_roundtrip(model, tiny_backbone):
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(other(x).class_logits, model(x).class_logits)
     assert other.memory.size == 6
+
+
+def test_head_state_from_before_the_class_fixes_loads_as_it_was(model, tiny_backbone):
+    """A checkpoint written before the centred memory, term weights and calibration existed loads, and computes
+    the earlier formula: text at scale 100 plus alpha times the mean raw affinity, no bias, no temperature."""
+    old = {k: v for k, v in model.head_state_dict().items()
+           if k not in ("memory.center", "memory.log_term_weights", "memory.class_bias", "calibration.temperature",
+                        "calibration.bias")}
+    loaded = UltraAD(tiny_backbone)
+    loaded.load_head_state_dict(old)
+    feats = tiny_backbone.encode_image(torch.randn(2, 3, 64, 64))
+    shared = loaded.mininet(feats.cls_token)
+    keys = F.normalize(loaded.memory.keys, dim=-1)
+    values = F.one_hot(loaded.memory.labels, 3).float()
+    expected = 100 * shared @ loaded.memory.class_text.t() + 10 * torch.exp(-5.5 * (1 - shared @ keys.t())) @ values / values.sum(0)
+    torch.testing.assert_close(loaded.eval().forward_features(feats).class_logits, expected)
 
 
 def test_head_state_from_other_configuration_is_rejected(model, tiny_backbone):

@@ -48,7 +48,7 @@ class UltraADTrain(TrainTask):
 
     def config(self) -> dict[str, Any]:
         # a list is a drop-down in MONAI Label's Slicer module; its first entry is the default
-        return {"shots": 8, "epochs": 20, "batch_size": 8, "lr": 1e-3, "seed": 0, "precision": list(engine.PRECISIONS)}
+        return {"shots": 8, "epochs": engine.TrainConfig.epochs, "batch_size": 8, "lr": engine.TrainConfig.lr, "seed": 0, "precision": list(engine.PRECISIONS)}
 
     def stats(self) -> dict[str, Any]:
         path = self.provider.settings.model_dir / STATS_NAME
