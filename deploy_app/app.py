@@ -36,6 +36,7 @@ class AppOptions:
     max_frames: int | None = None
     allow_random_init: bool = False
     deterministic_uids: str | None = None  # a seed: same inputs -> same UIDs (tests); None -> fresh UIDs
+    refuse_flagged: bool = False  # refuse images the input gate flags (colour overlay, marks) instead of analysing
 
 
 class UltraADApp(Application):
@@ -64,7 +65,8 @@ class UltraADApp(Application):
                                               max_frames=opts.max_frames, name="ultrasound_selector")
         crop = RegionCropOperator(self, name="region_crop")
         inference = UltraADInferenceOperator(self, model_path=model_path, report=report,
-                                             allow_random_init=opts.allow_random_init, name="ultraad_inference")
+                                             allow_random_init=opts.allow_random_init,
+                                             refuse_flagged=opts.refuse_flagged, name="ultraad_inference")
         seg_writer = SegWriterOperator(self, output_folder=output_folder, report=report,
                                        uid_seed=opts.deterministic_uids, name="seg_writer")
         sr_writer = SRWriterOperator(self, output_folder=output_folder, report=report,

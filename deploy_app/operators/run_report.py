@@ -20,6 +20,8 @@ class RunReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)  # flagged by the input gate, --refuse-flagged
+    input_quality: dict[str, dict] = field(default_factory=dict)  # file name -> the input gate's flags
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def skip(self, path: Path | str, reason: str) -> None:
@@ -33,6 +35,17 @@ class RunReport:
         with self._lock:
             self.failed.append({"file": Path(path).name, "reason": reason})
         logger.warning("failed %s: %s", Path(path).name, reason)
+
+    def quality(self, path: Path | str, flags: dict) -> None:
+        """The input gate's answer for a file (monai_ultraad.quality.InputQuality.to_dict())."""
+        with self._lock:
+            self.input_quality[Path(path).name] = flags
+
+    def refuse(self, path: Path | str, reason: str) -> None:
+        """A target the input gate flagged and the run was told to refuse (not analysed, no outputs)."""
+        with self._lock:
+            self.refused.append({"file": Path(path).name, "reason": reason})
+        logger.warning("refused %s", reason)
 
     def done(self, path: Path | str) -> None:
         with self._lock:
@@ -51,4 +64,5 @@ class RunReport:
 
     def to_dict(self) -> dict:
         return {"processed": self.processed, "skipped": self.skipped, "failed": self.failed,
-                "outputs": self.outputs, "exit_code": self.exit_code}
+                "refused": self.refused, "input_quality": self.input_quality, "outputs": self.outputs,
+                "exit_code": self.exit_code}

@@ -30,6 +30,7 @@ class SRWriterOperator(Operator):
                 path = write_report(
                     source_dataset(result), pydicom.dcmread(binary_path), frame_predictions(result),
                     result.model.threshold, self.output_folder, algorithm_info(result.model), uid_factory(self.uid_seed, result),
+                    input_quality=result.quality.summary() if result.quality is not None else None,
                 )  # the SEG is read with pydicom: highdicom's reader refuses 2D pixel measures without slice thickness
             except Exception as exc:
                 self.report.fail(result.image.path, f"SR not written: {exc}")

@@ -14,6 +14,7 @@ from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
 from monai_ultraad.dicom.inference import FrameResult, predict_frames
 from monai_ultraad.errors import WeightsError
 from monai_ultraad.networks.backbone import sha256_file
+from monai_ultraad.quality import InputQuality, assess_frames, refusal_reason
 
 from .run_report import RunReport
 
@@ -39,6 +40,7 @@ class ImageResult:
     image: object  # monai_ultraad.dicom.reader.UltrasoundImage
     frames: list[FrameResult]
     model: ModelInfo
+    quality: InputQuality | None = None  # the input gate's flags (stated in the SR and the run report)
 
 
 def resolve_model_files(model_path: Path) -> tuple[Path, Path | None]:
@@ -69,12 +71,13 @@ class UltraADInferenceOperator(Operator):
     Args:
         model_path: ``-m`` / HOLOSCAN_MODEL_PATH (checkpoint file or folder).
         allow_random_init: accept a checkpoint trained on a random backbone (outputs are then stamped).
+        refuse_flagged: do not analyse an image the input gate flags; report it as refused with the reason.
         device: torch device (default: CUDA when available).
     """
 
     def __init__(self, fragment: Fragment, *args, model_path: Path, report: RunReport, allow_random_init: bool = False,
-                 device: str | None = None, batch_size: int = 8, **kwargs) -> None:
-        self.model_path, self.report = Path(model_path), report
+                 device: str | None = None, batch_size: int = 8, refuse_flagged: bool = False, **kwargs) -> None:
+        self.model_path, self.report, self.refuse_flagged = Path(model_path), report, refuse_flagged
         self.allow_random_init, self.batch_size = allow_random_init, batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = None
@@ -117,7 +120,12 @@ class UltraADInferenceOperator(Operator):
         results = []
         for item in cropped:
             image = item.image
+            quality = assess_frames(image.frames, image.frame_numbers, item.windows)
+            self.report.quality(image.path, quality.to_dict())
+            if self.refuse_flagged and quality.flagged:
+                self.report.refuse(image.path, refusal_reason(quality, image.path.name))
+                continue
             frames = predict_frames(self.model, image.frames, image.frame_numbers, windows=item.windows,
                                     batch_size=self.batch_size)
-            results.append(ImageResult(image, frames, self.info))
+            results.append(ImageResult(image, frames, self.info, quality))
         op_output.emit(results, "results")

@@ -79,6 +79,11 @@ def test_infer_returns_label_in_image_geometry_and_json(server, studies, data_di
     assert result["predicted_class"] in result["class_probabilities"]
     assert 0 <= result["anomaly_score"] <= 1 and 0 <= result["uncertainty"] <= 1
     assert result["random_weights"] is True and result["warning"].startswith("RANDOM WEIGHTS")
+    from monai_ultraad.quality import assess_file  # the input gate's flags, as computed here on the same file
+
+    expected = assess_file(data_dir / "bus_uclm" / row["image"]).to_dict()
+    assert result["input_quality"]["flags"] == expected["flags"]
+    assert result["input_quality"]["marks"]["score"] == expected["marks"]["score"]
     label_path = Path(server.model_dir.parent / "infer_label.nii.gz")
     label_path.write_bytes(parts["image"])
     label = sitk.ReadImage(str(label_path))
