@@ -26,7 +26,7 @@ from .tint import as_rgb255, frame_furniture, tint_chroma
 CHROMA_MIN = 40.0
 #: Flag threshold on the score (per-mille of the analysed area), chosen on the threshold patients of bus_uclm by
 #: ``python -m benchmarks.quality`` (max F1); see README "Input quality gate".
-DEFAULT_THRESHOLD = 0.1
+DEFAULT_THRESHOLD = 0.18
 UNIT = "per-mille of the analysed area covered by filled colour-map areas"
 
 

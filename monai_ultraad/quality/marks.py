@@ -8,8 +8,8 @@ Evidence, in three explainable steps:
    filled colour-map areas (the Doppler detector's business) and outside components touching the window's border
    (icons, body markers, scale bars);
 2. glyphs: connected components whose bounding box is 4-15 px on both sides (at 384 px for the longer image side,
-   scaled with the image) and at most 60 % filled, the shape of a cross, an arrow head or a letter, not of a speckle
-   grain (filled) nor of a tissue edge (long and 1-2 px high);
+   scaled with the image), at most twice as long as wide and at most 60 % filled: the shape of a cross, an arrow
+   head or a letter, not of a speckle grain (filled) nor of a tissue edge (long and thin);
 3. score = the number of glyphs; flagged at ``>= DEFAULT_THRESHOLD``.
 """
 
@@ -26,6 +26,9 @@ STROKE_CHROMA_MIN = 12.0
 STROKE_CONTRAST_MIN = 60.0
 STROKE_WHITE_MIN = 230.0
 GLYPH_MIN_SIDE, GLYPH_MAX_SIDE, GLYPH_MAX_FILL = 4, 15, 0.6
+#: Longer / shorter side of a glyph's box at most: crosses and letters are compact; tissue edges with a colour
+#: fringe (BUS-UCLM's JPEG chroma) are 4 px high and 10-20 px long.
+GLYPH_MAX_ASPECT = 2.0
 #: The geometry above is for images whose longer side is this many pixels.
 REFERENCE_SIDE = 384
 #: Flag threshold (number of glyphs), chosen on the threshold patients of bus_uclm by ``python -m benchmarks.quality``
@@ -66,7 +69,8 @@ def detect_marks(image: np.ndarray, threshold: float = DEFAULT_THRESHOLD, offset
         areas = np.bincount(labels.ravel(), minlength=n + 1)
         for i, sl in enumerate(ndi.find_objects(labels), start=1):
             h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
-            if lo <= h <= hi and lo <= w <= hi and areas[i] <= GLYPH_MAX_FILL * h * w:
+            if lo <= h <= hi and lo <= w <= hi and areas[i] <= GLYPH_MAX_FILL * h * w \
+                    and max(h, w) <= GLYPH_MAX_ASPECT * min(h, w):
                 keep.append(i)
     local = np.isin(labels, keep) if keep else np.zeros(candidates.shape, bool)
     mask = local
