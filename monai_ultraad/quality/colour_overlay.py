@@ -4,9 +4,10 @@ Evidence, in three explainable steps:
 
 1. colour pixels: chroma relative to the image's own tint (:mod:`.tint`) above ``CHROMA_MIN``; the scanner's uniform
    tint has chroma near 0 however blue or sepia it is;
-2. filled areas only: a morphological opening with a 3 x 3 square removes strokes 1-2 px wide, so calliper crosses,
-   dotted lines and coloured text (which :mod:`.marks` reports) do not count; components touching the window's border
-   (icons, body markers, colour bars) are set aside;
+2. filled, textured areas only: a morphological opening with a 3 x 3 square removes strokes 1-2 px wide, so
+   calliper crosses, dotted lines and coloured text (which :mod:`.marks` reports) do not count; components touching
+   the window's border (icons, body markers, colour bars) and flat-coloured components (user-interface graphics: a
+   colour map varies) are set aside;
 3. score = per-mille of the analysed area covered by what remains; flagged at ``>= DEFAULT_THRESHOLD``.
 
 ``details`` gives the hue mix of the overlay: mostly red + blue is the velocity map of colour flow, red-orange-yellow alone
@@ -28,6 +29,9 @@ CHROMA_MIN = 40.0
 #: ``python -m benchmarks.quality`` (max F1); see README "Input quality gate".
 DEFAULT_THRESHOLD = 0.18
 UNIT = "per-mille of the analysed area covered by filled colour-map areas"
+#: Colour components flatter than this (mean per-channel std, 0-255 units) are user-interface graphics. BUS-UCLM's
+#: Doppler components vary by 4-70; lossless DICOM icons by 0-4.
+FLAT_STD_MAX = 3.0
 
 
 def _hue_mix(rgb: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -68,12 +72,23 @@ def detect_colour_overlay(image: np.ndarray, threshold: float = DEFAULT_THRESHOL
     colour &= ~frame_furniture(colour)
     filled = ndi.binary_opening(colour, structure=np.ones((3, 3), bool))
     labels, n = ndi.label(filled, structure=np.ones((3, 3), bool))
-    keep = list(range(1, n + 1))
+    keep = _textured(rgb, labels, n)
+    filled = np.isin(labels, keep) if len(keep) < n else filled
     score = 1000.0 * filled.sum() / max(filled.size, 1)
     mix = _hue_mix(rgb, filled)
     mask = _place(filled, offset, full_shape)
     return Detection("colour_overlay", score >= threshold, float(score), float(threshold), UNIT, mask,
                      component_boxes(labels, keep, offset), {"hues": mix, "kind": _kind(mix)} if mix else {})
+
+
+def _textured(rgb: np.ndarray, labels: np.ndarray, n: int) -> list[int]:
+    """Components whose colour varies (std over their pixels >= ``FLAT_STD_MAX``): a flow or strain map encodes a
+    quantity in its colours; a flat-filled one is a user-interface graphic (icon, marker, cursor)."""
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    std = np.mean([ndi.standard_deviation(rgb[..., c], labels, index) for c in range(3)], axis=0)
+    return [int(i) for i, s in zip(index, np.atleast_1d(std)) if s >= FLAT_STD_MAX]
 
 
 def _place(local: np.ndarray, offset: tuple[int, int], full_shape: tuple[int, int] | None) -> np.ndarray:

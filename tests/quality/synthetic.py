@@ -30,14 +30,16 @@ def draw_cross(image: np.ndarray, centre: tuple[int, int], colour=(210, 220, 60)
 
 
 def paste_colour_flow(image: np.ndarray, top_left: tuple[int, int], size: tuple[int, int] = (14, 20)) -> np.ndarray:
-    """A colour-flow patch: a red and a blue filled blob (velocity map) inside the B-mode."""
+    """A colour-flow patch: a red and a blue blob (velocity map: faster, brighter, at the vessel's centre)."""
     out = image.copy()
     y, x = top_left
     h, w = size
     yy, xx = np.mgrid[:h, :w]
-    red = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 4) / (w / 4)) ** 2 <= 1
-    blue = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - 3 * w / 4) / (w / 4)) ** 2 <= 1
+    r_red = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 4) / (w / 4)) ** 2
+    r_blue = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - 3 * w / 4) / (w / 4)) ** 2
     patch = out[y : y + h, x : x + w]
-    patch[red] = (200, 30, 20)
-    patch[blue] = (20, 60, 210)
+    for r, colour in ((r_red, np.array([230, 40, 20])), (r_blue, np.array([30, 70, 240]))):
+        inside = r <= 1
+        speed = 1.0 - 0.6 * r[inside]  # 1 at the centre, 0.4 at the wall
+        patch[inside] = (speed[:, None] * colour).astype(np.uint8)
     return out

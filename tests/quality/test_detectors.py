@@ -93,3 +93,13 @@ def test_real_images_both_datasets(data_dir):
     # BUS-BRA is greyscale: its tint is grey and nothing there is a colour map
     bra = assess_image(load(data_dir / "bus_bra" / "images" / "bus_0001-l.jpg"))
     assert not bra.detections["colour_overlay"].flagged
+
+
+def test_flat_coloured_icon_inside_the_region_is_not_a_colour_map():
+    """A user-interface graphic (a flat green marker, as on lossless DICOM screens) is not a flow map."""
+    image = bmode(seed=9)
+    yy, xx = np.mgrid[:272, :384]
+    image[(yy - 100) ** 2 + (xx - 200) ** 2 <= 36] = (40, 200, 60)
+    assert not detect_colour_overlay(image).flagged
+    textured = paste_colour_flow(image, (150, 250))
+    assert detect_colour_overlay(textured).flagged
