@@ -14,6 +14,14 @@ from monai_ultraad.quality.tint import dominant_tint, tint_chroma
 from .synthetic import UCLM_TINT, bmode, draw_cross, paste_colour_flow
 
 
+def _jpeg(image: np.ndarray, quality: int = 90) -> np.ndarray:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
 def test_tint_is_not_colour():
     """A strongly tinted plain B-mode image has chroma near 0 relative to its own tint (but not to grey)."""
     image = bmode().astype(np.float32)
@@ -47,7 +55,8 @@ def test_drawn_cross_is_a_mark_not_an_overlay():
     marks = detect_marks(image)
     assert marks.flagged and marks.score == 1
     assert marks.boxes == [(56, 146, 65, 155)]
-    assert not detect_colour_overlay(image).flagged  # 1-px strokes do not survive the opening
+    assert detect_colour_overlay(image).score == 0  # 1-px strokes do not survive the opening ...
+    assert detect_colour_overlay(_jpeg(image)).score == 0  # ... even once JPEG has smeared and textured them
 
 
 def test_white_cross_on_grey_image():
@@ -57,12 +66,28 @@ def test_white_cross_on_grey_image():
 
 
 def test_scanner_furniture_on_the_border_is_ignored():
-    """A coloured icon touching the edge of the window (body marker, logo) is not a mark nor an overlay."""
-    image = bmode(seed=5)
-    image[-30:, -30:] = (150, 120, 190)
-    image[-20, -25:-5] = (240, 240, 240)
-    q = assess_image(image)
+    """Graphics touching the edge of the window (a scanner icon like BUS-UCLM's top-left one, a colour bar) are
+    neither marks nor an overlay; the same graphics inside the window are."""
+    def furnished(row: int, col: int) -> np.ndarray:
+        image = bmode(seed=5)
+        image = draw_cross(image, (row + 4, col + 4), colour=(230, 200, 40))  # a 9 x 9 yellow icon
+        bar = np.linspace(40, 250, 60)[:, None, None] * np.array([1.0, 0.3, 0.1])  # a red ramp, textured
+        image[row + 20 : row + 80, col : col + 8] = bar.astype(np.uint8)
+        return image
+
+    q = assess_image(furnished(0, 0))
     assert not q.flagged, q.to_dict()
+    inside = assess_image(furnished(40, 60))
+    assert inside.flags == ["colour_overlay", "marks"], inside.to_dict()
+
+
+def test_colour_fringe_along_a_tissue_edge_is_not_a_mark():
+    """JPEG colour fringes along bright tissue edges: two thin parallel strokes, 4 px high and 12 long."""
+    image = bmode(seed=10)
+    image[100, 200:212] = image[103, 200:212] = (200, 220, 120)  # a thin 4 x 12 ring
+    image[100:104, 200] = image[100:104, 211] = (200, 220, 120)
+    assert not detect_marks(image).flagged
+    assert detect_marks(draw_cross(image, (150, 100))).flagged
 
 
 def test_windows_restrict_and_place_in_full_frame():
