@@ -126,9 +126,9 @@ def to_markdown(result: dict) -> str:
     if result["random_weights"]:
         lines += [f"> **{RANDOM_WEIGHTS_WARNING}**", ""]
     b = result["backbone"]
-    lines += [f"`{result['command'].strip()}`: backbone {b['model_name']} ({b['weights_id']}), k = {result['shots']}, seed "
-              f"{result['seed']}, {result['seconds']} s; patient-disjoint BUS-UCLM test images, only those on which the "
-              "marks detector fires are changed", "",
+    lines += [(f"`{result['command'].strip()}`: backbone {b['model_name']} ({b['weights_id']}), k = {result['shots']}, "
+               f"seed {result['seed']}, {result['seconds']} s; patient-disjoint BUS-UCLM test images, only those on "
+               "which the marks detector fires are changed"), "",
               "| test images | " + " | ".join(METRICS) + " | mean P(abnormal), marks subset | top-1 % on marks |",
               "|---|" + "---|" * (len(METRICS) + 2)]
     for variant, v in result["variants"].items():

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_ultraad.errors import InputDataError
 from monai_ultraad.io_utils import atomic_write_json, atomic_write_text
 from monai_ultraad.quality import assess_file, assess_frames
 
@@ -70,8 +71,13 @@ def split_patients(patients: list[str], seed: int = 0) -> tuple[set[str], set[st
     return set(order[:half]), set(order[half:])
 
 
+def _rows(table: Path) -> list[dict]:
+    with open(table, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def score_uclm(root: Path) -> list[dict]:
-    rows = list(csv.DictReader(open(root / "labels.csv", newline="")))
+    rows = _rows(root / "labels.csv")
     out = []
     for r in rows:
         q = assess_file(root / r["image"])
@@ -100,7 +106,7 @@ def measure_uclm(records: list[dict], seed: int = 0) -> dict:
 
 
 def fire_rates_bra(root: Path, thresholds: dict[str, float], max_images: int | None = None) -> dict:
-    rows = list(csv.DictReader(open(root / "labels.csv", newline="")))
+    rows = _rows(root / "labels.csv")
     if max_images:
         rows = rows[:: max(1, len(rows) // max_images)][:max_images]
     counts: dict[str, Counter] = defaultdict(Counter)
@@ -123,7 +129,7 @@ def fire_dicom(root: Path, thresholds: dict[str, float]) -> list[dict]:
         entry = {"file": str(path.relative_to(root))}
         try:
             image = read_ultrasound(path, frame_step=1, max_frames=None)
-        except Exception as exc:
+        except InputDataError as exc:  # the reader's one-line reason (e.g. JPEG XL cannot be decoded)
             entry["error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
             out.append(entry)
             continue
@@ -149,8 +155,8 @@ def to_markdown(result: dict) -> str:
     u = result["bus_uclm"]
     lines = ["# Input gate: detector measurements", "",
              f"Produced by `{result['command']}` in {result['seconds']:.0f} s.", "",
-             f"## BUS-UCLM, patient-disjoint (split seed {u['split_seed']}: thresholds chosen on "
-             f"{len(u['threshold_patients'])} patients, reported on {len(u['held_back_patients'])} held-back patients)",
+             (f"## BUS-UCLM, patient-disjoint (split seed {u['split_seed']}: thresholds chosen on "
+              f"{len(u['threshold_patients'])} patients, reported on {len(u['held_back_patients'])} held-back patients)"),
              "", "| detector (label) | threshold | images (pos.) | precision [95 % CI] | recall [95 % CI] | TP/FP/FN |",
              "|---|---|---|---|---|---|"]
     for det in DETECTORS:

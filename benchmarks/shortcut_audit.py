@@ -74,7 +74,7 @@ def top_fraction_on(heatmap: np.ndarray, region: np.ndarray, fraction: float = T
     flat = np.asarray(heatmap, np.float64).ravel()
     if flat.shape != np.asarray(region).ravel().shape:
         raise ValueError(f"heatmap {np.shape(heatmap)} and region {np.shape(region)} differ in shape")
-    k = max(1, int(math.ceil(fraction * flat.size)))
+    k = max(1, math.ceil(fraction * flat.size))
     top = np.argpartition(-flat, k - 1)[:k]
     return float(np.asarray(region, bool).ravel()[top].mean())
 

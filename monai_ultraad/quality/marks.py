@@ -62,7 +62,7 @@ def detect_marks(image: np.ndarray, threshold: float = DEFAULT_THRESHOLD, offset
     rgb = as_rgb255(image)
     candidates = glyph_pixels(rgb)
     scale = max(rgb.shape[:2]) / REFERENCE_SIDE
-    lo, hi = max(int(round(GLYPH_MIN_SIDE * scale)), 3), max(int(round(GLYPH_MAX_SIDE * scale)), 6)
+    lo, hi = max(round(GLYPH_MIN_SIDE * scale), 3), max(round(GLYPH_MAX_SIDE * scale), 6)
     labels, n = ndi.label(candidates, structure=np.ones((3, 3), bool))
     keep = []
     if n:

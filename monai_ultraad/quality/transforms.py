@@ -43,8 +43,8 @@ class RemoveMarksd(MapTransform):
         self.method = method
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from .marks import detect_marks
         from .mark_removal import remove_marks
+        from .marks import detect_marks
 
         d = dict(data)
         for key in self.key_iterator(d):

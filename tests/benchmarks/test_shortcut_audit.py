@@ -33,7 +33,7 @@ def _gate(marked: set[str]):
         mask = np.zeros((16, 16), bool)
         if path in marked:
             mask[:2, :2] = True
-        det = lambda flagged, m: SimpleNamespace(flagged=flagged, mask=m)  # noqa: E731
+        det = lambda flagged, m: SimpleNamespace(flagged=flagged, mask=m)
         return SimpleNamespace(detections={"marks": det(path in marked, mask),
                                            "colour_overlay": det(False, np.zeros((16, 16), bool))})
 

@@ -106,14 +106,17 @@ def test_windows_restrict_and_place_in_full_frame():
 def test_real_images_both_datasets(data_dir):
     """Known BUS-UCLM images (a Doppler one, a calliper one, a plain one) and a BUS-BRA image with crosses."""
     uclm = data_dir / "bus_uclm" / "images"
-    load = lambda p: np.asarray(Image.open(p).convert("RGB"))  # noqa: E731
+    def load(path):
+        return np.asarray(Image.open(path).convert("RGB"))
+
     doppler = assess_image(load(uclm / "ANFO_003.jpg"))  # labels.csv: doppler True
     assert doppler.detections["colour_overlay"].flagged
     marked = assess_image(load(uclm / "ALWI_000.jpg"))  # labels.csv: marks True, doppler False
     assert marked.detections["marks"].flagged and not marked.detections["colour_overlay"].flagged
     plain = assess_image(load(uclm / "ALWI_002.jpg"))  # labels.csv: neither
     assert not plain.detections["colour_overlay"].flagged
-    rows = {r["image"]: r for r in csv.DictReader(open(data_dir / "bus_uclm" / "labels.csv"))}
+    with open(data_dir / "bus_uclm" / "labels.csv", newline="") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
     assert rows["images/ANFO_003.jpg"]["doppler"] == "True" and rows["images/ALWI_002.jpg"]["doppler"] == "False"
     # BUS-BRA is greyscale: its tint is grey and nothing there is a colour map
     bra = assess_image(load(data_dir / "bus_bra" / "images" / "bus_0001-l.jpg"))
