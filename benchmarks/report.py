@@ -162,7 +162,7 @@ def heatmap_grid(path: Path, rows: Sequence[dict[str, Any]], thumbs: Mapping[str
             if r == 0:
                 ax.set_title("\n".join(textwrap.wrap(name, 16)), fontsize=6)
             if c == 0 and flags:  # flagged input: calliper marks / Doppler overlay (shortcut audit)
-                ax.text(2, size - 4, "FLAGGED: " + ", ".join(flags), color="red", fontsize=5, weight="bold")
+                ax.text(2, size - 4, "FLAGGED:\n" + ", ".join(flags), color="red", fontsize=5, weight="bold")
     fig.suptitle(title + (f"\n{RANDOM_NOTE.upper()}" if random_weights else ""), fontsize=8,
                  color="red" if random_weights else "black")
     buf = io.BytesIO()

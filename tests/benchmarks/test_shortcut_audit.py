@@ -105,3 +105,20 @@ def test_report_carries_the_split_columns(tmp_path):
     assert "marks: 4, no_marks: 4, doppler: 0, no_doppler: 8 images" in section
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["shortcut_audit"]["bus_uclm_test"]["UltraAD"]["4"]["top1_on_marks"]["mean"] == 1.0
+
+
+def test_heatmap_grid_flags(tmp_path):
+    """The grid labels an image from the dataset's columns, else from the input gate on the file."""
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quality"))
+    from synthetic import bmode, draw_cross
+
+    assert report.image_flags({"marks": "True", "doppler": "False", "image": "unused"}) == ["marks"]
+    Image.fromarray(draw_cross(bmode(seed=3), (90, 120))).save(tmp_path / "cross.png")
+    Image.fromarray(bmode(seed=3)).save(tmp_path / "plain.png")
+    assert report.image_flags({"image": str(tmp_path / "cross.png")}) == ["marks"]
+    assert report.image_flags({"image": str(tmp_path / "plain.png")}) == []
