@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.methods import FitData, Method, Prediction
+from benchmarks.shortcut_audit import AuditData, ShortcutAudit
 from monai_ultraad import engine
 from monai_ultraad.data import make_fewshot_split
 from monai_ultraad.data.transforms import map_to_original
@@ -50,6 +51,7 @@ class Target:
     samples: dict[str, EvalSample]
     description: str
     features: VisualFeatures | None = None  # held in memory when small enough, else streamed from the cache
+    audit: AuditData | None = None  # subsets (marks / Doppler) and detected marks: the shortcut audit runs when set
 
 
 def load_target(name: str, items: Sequence[dict], description: str, store: FeatureStore | None = None,
@@ -176,12 +178,15 @@ def evaluate_target(
         for chunk, feats in target_batches(target, store, batch_size):
             yield feats, [target.samples[str(it["id"])] for it in chunk]
 
+    audit = ShortcutAudit(target.audit, evaluator.threshold, method.class_names) if target.audit else None
     has_map = has_score = has_probs = False
     for pred, maps, samples in predict_batches(method, batches(), size):
         has_map, has_score, has_probs = maps is not None, pred.anomaly_score is not None, pred.class_probs is not None
         probs, scores = _as_evaluator_inputs(pred, len(method.class_names), len(samples))
         labels = np.array([s.label for s in samples])
         evaluator.update(probs, scores, labels, maps, [s.mask for s in samples] if maps is not None else None)
+        if audit is not None:
+            audit.update([str(s.item["id"]) for s in samples], probs, scores, labels, maps, [s.mask for s in samples])
         for i, s in enumerate(samples):
             sid = str(s.item["id"])
             per_image["id"].append(sid)
@@ -201,6 +206,8 @@ def evaluate_target(
     for key in not_applicable:
         metrics[key] = None
     metrics["not_applicable"] = not_applicable
+    if audit is not None:
+        metrics["shortcut_audit"] = audit.compute(not_applicable)
     return metrics, per_image, thumbs
 
 

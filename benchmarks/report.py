@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from benchmarks.shortcut_audit import audit_markdown, audit_summary
 from monai_ultraad.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 from monai_ultraad.metrics import summarize_over_seeds
 from monai_ultraad.visualize import plot_roc_curves
@@ -136,7 +137,8 @@ def roc_curves(cells: Mapping[tuple[str, int, int], dict[str, Any]], target: str
 
 def heatmap_grid(path: Path, rows: Sequence[dict[str, Any]], thumbs: Mapping[str, Mapping[str, np.ndarray]],
                  title: str, random_weights: bool, size: int = 96) -> Path:
-    """Image | ground truth | one column per localising method, one row per image."""
+    """Image | ground truth | one column per localising method, one row per image; images with calliper marks or a
+    Doppler overlay are labelled FLAGGED in red."""
     methods = [m for m in thumbs if thumbs[m]]
     cols = 2 + len(methods)
     fig = Figure(figsize=(1.2 * cols, 1.25 * len(rows) + 1.0), dpi=110)
@@ -145,6 +147,7 @@ def heatmap_grid(path: Path, rows: Sequence[dict[str, Any]], thumbs: Mapping[str
         image = np.asarray(Image.open(row["image"]).convert("L").resize((size, size)))
         mask = np.asarray(Image.open(row["mask"]).convert("L").resize((size, size), Image.NEAREST)) > 127 \
             if row.get("mask") else np.zeros((size, size), bool)
+        flags = image_flags(row)
         panels = [("image", image, "gray"), ("ground truth", mask.astype(float), "gray")]
         panels += [(m, thumbs[m].get(row["id"]), "jet") for m in methods]
         for c, (name, data, cmap) in enumerate(panels):
@@ -158,6 +161,8 @@ def heatmap_grid(path: Path, rows: Sequence[dict[str, Any]], thumbs: Mapping[str
                     ax.imshow(data, cmap=cmap)
             if r == 0:
                 ax.set_title("\n".join(textwrap.wrap(name, 16)), fontsize=6)
+            if c == 0 and flags:  # flagged input: calliper marks / Doppler overlay (shortcut audit)
+                ax.text(2, size - 4, "FLAGGED:\n" + ", ".join(flags), color="red", fontsize=5, weight="bold")
     fig.suptitle(title + (f"\n{RANDOM_NOTE.upper()}" if random_weights else ""), fontsize=8,
                  color="red" if random_weights else "black")
     buf = io.BytesIO()
@@ -165,22 +170,45 @@ def heatmap_grid(path: Path, rows: Sequence[dict[str, Any]], thumbs: Mapping[str
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def audit_subset_sizes(cells: Mapping[tuple[str, int, int], dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """``{target: {subset: n_images}}`` of the shortcut audit (the same for every cell of a target)."""
+    sizes: dict[str, dict[str, int]] = {}
+    for cell in cells.values():
+        for target, res in cell["targets"].items():
+            audit = res["metrics"].get("shortcut_audit")
+            if audit:
+                sizes[target] = {s: v["n_images"] for s, v in audit["subsets"].items()}
+    return sizes
+
+
+def image_flags(row: Mapping[str, Any]) -> list[str]:
+    """What the heatmap grid marks on an image: the dataset's marks / doppler columns, else the input gate's flags."""
+    if "marks" in row or "doppler" in row:
+        return [name for name in ("marks", "doppler") if str(row.get(name, "")).lower() == "true"]
+    from monai_ultraad.quality import assess_file
+
+    names = {"marks": "marks", "colour_overlay": "doppler"}
+    return [names[f] for f in assess_file(row["image"]).flags]
+
+
 def write_all(out: Path, run: dict[str, Any], cells: dict, cards: dict, grid_rows: list[dict], thumbs: dict,
               class_names: Sequence[str]) -> dict[str, Path]:
     summary = summarise(cells)
+    audit = audit_summary(cells)
     timings = {}
     for (method, _k, _s), cell in cells.items():
         timings.setdefault(method, []).append(cell["fit_seconds"])
     mean_t = {m: float(np.mean(v)) for m, v in timings.items()}
     written = {
         "json": atomic_write_json(out / "results.json", {
-            "run": run, "summary": summary, "methods": cards, "fit_seconds": mean_t,
+            "run": run, "summary": summary, "shortcut_audit": audit, "methods": cards, "fit_seconds": mean_t,
             "cells": [{"method": m, "k": k, "seed": s, **{key: c[key] for key in ("fit", "fit_seconds", "threshold",
                                                                                   "threshold_from")},
                        "metrics": {t: r["metrics"] for t, r in c["targets"].items()}}
                       for (m, k, s), c in sorted(cells.items())],
         }, nan_as_null=True),
-        "markdown": atomic_write_text(out / "results.md", markdown(run, summary, cards, mean_t)),
+        "markdown": atomic_write_text(out / "results.md", markdown(run, summary, cards, mean_t) + "\n".join(
+            audit_markdown(audit, _fmt, audit_subset_sizes(cells)))),
     }
     k, seed = max(run["shots"]), run["seeds"][0]
     for target in run["targets"]:

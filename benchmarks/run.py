@@ -31,7 +31,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from benchmarks import protocol, report
+from benchmarks import protocol, report, shortcut_audit
 from benchmarks.methods import METHODS
 from monai_ultraad import engine
 from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
@@ -262,6 +262,9 @@ def run(args: argparse.Namespace) -> int:
         cache_features(store, list(needed.values()))
         targets = [protocol.load_target(name, items, descriptions[name], store, float(cfg["memory_gb"]))
                    for name, items in target_items.items()]
+        for target in targets:  # shortcut audit where the dataset says which images carry marks / Doppler
+            if target.items and all("marks" in it and "doppler" in it for it in target.items):
+                target.audit = shortcut_audit.audit_data(target.items)
 
     rng = np.random.default_rng(cfg["split_seed"])
     grid_rows: list[dict] = []

@@ -3,8 +3,10 @@
 Without -i/-o/-m the paths come from HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH / HOLOSCAN_MODEL_PATH, as in a MAP.
 Extra options (removed before the SDK parses the rest): ``--frame-step N`` (score every N-th frame of a cine loop),
 ``--max-frames N``, ``--allow-random-init`` (accept a checkpoint trained on a random backbone; every output says so),
-``--deterministic-uids SEED`` (reproducible UIDs, for tests). Environment equivalents: ULTRAAD_FRAME_STEP,
-ULTRAAD_MAX_FRAMES, ULTRAAD_ALLOW_RANDOM_INIT=1, ULTRAAD_DETERMINISTIC_UIDS.
+``--deterministic-uids SEED`` (reproducible UIDs, for tests), ``--refuse-flagged`` (do not analyse an image the input
+gate flags: colour Doppler / elastography overlay, calliper marks; the reason goes into ultraad_run.json). Environment
+equivalents: ULTRAAD_FRAME_STEP, ULTRAAD_MAX_FRAMES, ULTRAAD_ALLOW_RANDOM_INIT=1, ULTRAAD_DETERMINISTIC_UIDS,
+ULTRAAD_REFUSE_FLAGGED=1.
 
 Exit code: 0 every ultrasound image was processed; 1 some image failed or was not started (SIGTERM/SIGINT; see
 ultraad_run.json in the output folder); 2 nothing was processed (no image, bad model path, output folder not usable
@@ -37,6 +39,7 @@ def split_options(argv: list[str]) -> tuple[AppOptions, list[str]]:
         max_frames=int(env["ULTRAAD_MAX_FRAMES"]) if env.get("ULTRAAD_MAX_FRAMES") else None,
         allow_random_init=env.get("ULTRAAD_ALLOW_RANDOM_INIT", "").lower() in ("1", "true", "yes"),
         deterministic_uids=env.get("ULTRAAD_DETERMINISTIC_UIDS") or None,
+        refuse_flagged=env.get("ULTRAAD_REFUSE_FLAGGED", "").lower() in ("1", "true", "yes"),
     )
     rest: list[str] = [argv[0]]
     args = iter(argv[1:])
@@ -49,6 +52,8 @@ def split_options(argv: list[str]) -> tuple[AppOptions, list[str]]:
             opts.allow_random_init = True
         elif arg == "--deterministic-uids":
             opts.deterministic_uids = next(args)
+        elif arg == "--refuse-flagged":
+            opts.refuse_flagged = True
         else:
             rest.append(arg)
     return opts, rest

@@ -48,6 +48,7 @@ class AppOptions:
     max_frames: int | None = None
     allow_random_init: bool = False
     deterministic_uids: str | None = None  # a seed: same inputs -> same UIDs (tests); None -> fresh UIDs
+    refuse_flagged: bool = False  # refuse images the input gate flags (colour overlay, marks) instead of analysing
 
 
 class UltraADApp(Application):
@@ -86,7 +87,7 @@ class UltraADApp(Application):
             selector,
             RegionCropOperator(self, name="region_crop"),
             UltraADInferenceOperator(self, model_path=model_path, allow_random_init=opts.allow_random_init,
-                                     name="ultraad_inference"),
+                                     refuse_flagged=opts.refuse_flagged, name="ultraad_inference"),
             SegWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="seg_writer"),
             SRWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="sr_writer"),
             OverlayWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="overlay_writer"),

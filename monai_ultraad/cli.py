@@ -200,8 +200,13 @@ class UltraADCLI:
         allow_random_init: bool = False,
         device: str = "auto",
         progress: bool = True,
+        refuse_flagged: bool = False,
     ) -> list[dict]:
-        """Heatmap overlay PNG and class-probability JSON for each image (files, comma list, or a folder)."""
+        """Heatmap overlay PNG and class-probability JSON for each image (files, comma list, or a folder).
+
+        Every JSON states the input gate's flags (``input_quality``: colour Doppler / elastography overlay, calliper
+        or annotation marks). ``--refuse_flagged``: a flagged image is not analysed; its JSON says why.
+        """
         model, payload = engine.load_checkpoint(
             checkpoint, pretrained=pretrained, allow_random_init=allow_random_init, device=_device(device)
         )
@@ -212,12 +217,15 @@ class UltraADCLI:
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
         if not paths:
             raise UltraADError("no images given to predict")
-        return predict_images(model, paths, Path(output_dir), float(payload["threshold"]), progress=progress)
+        return predict_images(model, paths, Path(output_dir), float(payload["threshold"]), progress=progress,
+                              refuse_flagged=refuse_flagged)
 
 
-def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: float, progress: bool = True) -> list[dict]:
+def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: float, progress: bool = True,
+                   refuse_flagged: bool = False) -> list[dict]:
     """Run UltraAD on image files; per image write ``<stem>_heatmap.nii.gz``, ``<stem>_heatmap.png`` and
     ``<stem>.json`` into ``output_dir``, plus ``predictions.csv`` for all of them."""
+    from monai_ultraad import quality
     from monai_ultraad.engines import PredictionTableWriter, UltraADInferer, ultraad_postprocessing
 
     pre = ultraad_preprocessing(model.image_size, model.backbone.mean, model.backbone.std, with_mask=False)
@@ -230,6 +238,10 @@ def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: fl
     results = []
     model.eval()
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
+        if refuse_flagged and (refused := quality.refuse_file(path, output_dir)) is not None:
+            print(f"ultraad: {refused['reason']}", file=sys.stderr)
+            results.append(refused)
+            continue
         data = apply_pipeline(pre, {"image": str(path)})
         image = data["image"].as_tensor() if hasattr(data["image"], "as_tensor") else data["image"]
         pred = inferer(image[None].to(param.device), model)

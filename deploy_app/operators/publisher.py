@@ -31,6 +31,8 @@ class PublisherOperator(Operator):
         try:
             for warning in work.warnings:
                 self.report.warn(work.path, warning)
+            if work.quality is not None:
+                self.report.quality(work.path, work.quality)
             if work.ok and not work.objects:
                 work.fail("no output was written")
             if work.ok:
@@ -46,6 +48,8 @@ class PublisherOperator(Operator):
                     self.output.discard(work.staging)
                 if work.outcome == "skipped":
                     self.report.skip(work.path, work.reason)
+                elif work.outcome == "refused":
+                    self.report.refuse(work.path, work.reason)
                 else:
                     self.report.fail(work.path, work.reason)
         finally:

@@ -29,6 +29,8 @@ class RunReport:
     stopped_by: str | None = None
     aborted: str | None = None
     _decided: set[str] = field(default_factory=set, repr=False)
+    refused: list[dict[str, str]] = field(default_factory=list)  # flagged by the input gate, --refuse-flagged
+    input_quality: dict[str, dict] = field(default_factory=dict)  # file name -> the input gate's flags
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def name(self, path: Path | str) -> str:
@@ -64,6 +66,19 @@ class RunReport:
                 self.failed.append({"file": name, "reason": reason})
         logger.warning("failed %s: %s", name, reason)
 
+    def quality(self, path: Path | str, flags: dict) -> None:
+        """The input gate's answer for a file (monai_ultraad.quality.InputQuality.to_dict())."""
+        with self._lock:
+            self.input_quality[self.name(path)] = flags
+
+    def refuse(self, path: Path | str, reason: str) -> None:
+        """A target the input gate flagged and the run was told to refuse (not analysed, no outputs)."""
+        name = self.name(path)
+        with self._lock:
+            if self._decide(name, "refused"):
+                self.refused.append({"file": name, "reason": reason})
+        logger.warning("refused %s", reason)
+
     def done(self, path: Path | str, outputs: list[Path] | None = None) -> None:
         name = self.name(path)
         files = [Path(p).name for p in outputs or []]
@@ -96,6 +111,7 @@ class RunReport:
         summary = {"processed": self.processed, "skipped": self.skipped, "failed": self.failed,
                    "not_started": self.not_started, "outputs": self.outputs,
                    "outputs_by_source": self.outputs_by_source, "warnings": self.warnings,
+                   "refused": self.refused, "input_quality": self.input_quality,
                    "exit_code": self.exit_code}
         if self.stopped_by:
             summary["stopped_by"] = self.stopped_by

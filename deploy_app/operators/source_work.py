@@ -17,7 +17,8 @@ class SourceWork:
     result: object | None = None  # operators.ultraad_inference.ImageResult, once scored
     staging: Path | None = None  # the hidden folder its objects are written into (operators.output_folder)
     objects: dict[str, Path] = field(default_factory=dict)  # kind ("seg_binary", "sr", ...) -> staged file
-    outcome: str | None = None  # None while all is well; "failed" or "skipped" (then ``reason`` says why)
+    quality: dict | None = None  # the input gate's flags (monai_ultraad.quality.InputQuality.to_dict())
+    outcome: str | None = None  # None while all is well; "failed", "skipped" or "refused" (``reason`` says why)
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
 
@@ -32,6 +33,11 @@ class SourceWork:
     def skip(self, reason: str) -> None:
         if self.ok:
             self.outcome, self.reason = "skipped", " ".join(str(reason).split())
+
+    def refuse(self, reason: str) -> None:
+        """Flagged by the input gate and refused (``--refuse-flagged``): not analysed, nothing written."""
+        if self.ok:
+            self.outcome, self.reason = "refused", " ".join(str(reason).split())
 
     def add(self, kind: str, path: Path) -> None:
         """Record a staged object; every object added is published with the others or not at all."""

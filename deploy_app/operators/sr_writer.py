@@ -30,6 +30,7 @@ class SRWriterOperator(SourceWriterOperator):
             source_dataset(result), pydicom.dcmread(work.objects["seg_binary"]), frame_predictions(result),
             result.model.threshold, work.staging, algorithm_info(result.model), uid_factory(self.uid_seed, result),
             pixel_spacing_mm=pixel_spacing_mm(result),  # the analysed region's spacing -> lesion area
+            input_quality=result.quality.summary() if result.quality is not None else None,  # the input gate
         )
         work.add("sr", path)
         viewer = write_viewer_report(

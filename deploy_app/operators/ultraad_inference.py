@@ -14,6 +14,7 @@ from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
 from monai_ultraad.dicom.inference import FrameResult, predict_frames
 from monai_ultraad.errors import WeightsError
 from monai_ultraad.networks.backbone import sha256_file
+from monai_ultraad.quality import InputQuality, assess_frames, refusal_reason
 
 from .source_work import SourceWork
 
@@ -39,6 +40,7 @@ class ImageResult:
     image: object  # monai_ultraad.dicom.reader.UltrasoundImage
     frames: list[FrameResult]
     model: ModelInfo
+    quality: InputQuality | None = None  # the input gate's flags (stated in the SR and the run report)
 
 
 def resolve_model_files(model_path: Path) -> tuple[Path, Path | None]:
@@ -69,12 +71,13 @@ class UltraADInferenceOperator(Operator):
     Args:
         model_path: ``-m`` / HOLOSCAN_MODEL_PATH (checkpoint file or folder).
         allow_random_init: accept a checkpoint trained on a random backbone (outputs are then stamped).
+        refuse_flagged: do not analyse an image the input gate flags; report it as refused with the reason.
         device: torch device (default: CUDA when available).
     """
 
     def __init__(self, fragment: Fragment, *args, model_path: Path, allow_random_init: bool = False,
-                 device: str | None = None, batch_size: int = 8, **kwargs) -> None:
-        self.model_path = Path(model_path)
+                 device: str | None = None, batch_size: int = 8, refuse_flagged: bool = False, **kwargs) -> None:
+        self.model_path, self.refuse_flagged = Path(model_path), refuse_flagged
         self.load_error: str | None = None
         self.allow_random_init, self.batch_size = allow_random_init, batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -117,9 +120,16 @@ class UltraADInferenceOperator(Operator):
         if work.ok:
             try:
                 image = work.image
-                frames = predict_frames(self.model, image.frames, image.frame_numbers, windows=work.windows,
-                                        batch_size=self.batch_size)
-                work.result = ImageResult(image, frames, self.info)
+                # the input gate (colour overlays, calliper marks) on the analysed windows: stated in the SR and the
+                # run report; with --refuse-flagged a flagged image is not analysed
+                quality = assess_frames(image.frames, image.frame_numbers, work.windows)
+                work.quality = quality.to_dict()
+                if self.refuse_flagged and quality.flagged:
+                    work.refuse(refusal_reason(quality, work.name))
+                else:
+                    frames = predict_frames(self.model, image.frames, image.frame_numbers, windows=work.windows,
+                                            batch_size=self.batch_size)
+                    work.result = ImageResult(image, frames, self.info, quality)
             except Exception as exc:  # noqa: BLE001 - one image the model cannot take must not stop the study
                 work.fail(f"UltraAD failed: {type(exc).__name__}: {exc}")
         op_output.emit(work, "source")

@@ -155,7 +155,8 @@ class SaveHeatmapOverlayd(MapTransform):
 
 
 class SavePredictionJsond(Transform):
-    """Write ``<stem>.json``: class probabilities, predicted class, anomaly score, threshold, lesion area, model."""
+    """Write ``<stem>.json``: class probabilities, predicted class, anomaly score, threshold, lesion area, model,
+    and the input gate's flags when an earlier step put them in the item (``input_quality``)."""
 
     def __init__(self, output_dir: str = "./predictions", threshold: float = 0.5,
                  class_names: Sequence[str] = CLASS_NAMES, model_info: Mapping[str, Any] | None = None,
@@ -180,6 +181,8 @@ class SavePredictionJsond(Transform):
         }
         if self.random_weights:
             rec["warning"] = RANDOM_WEIGHTS_WARNING
+        if "input_quality" in d:  # the input gate's flags (monai_ultraad.quality.AssessInputQualityd)
+            rec["input_quality"] = d["input_quality"]
         return rec
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -817,16 +817,16 @@ def _drop_segment_number_beside_frame(group: Dataset) -> None:
                     del reference.ReferencedSegmentNumber
 
 
-def _random_weights_statement() -> hd.sr.TextContentItem:
+def _random_weights_statement(text: str | None = None) -> hd.sr.TextContentItem:
     """TID 1410/1501 "Qualitative Evaluations" TEXT item carrying the random-weights warning.
 
     highdicom's QualitativeEvaluation is CODE-only; TID 1410 also allows a TEXT qualitative evaluation, which is
     the one place in a TID 1500 measurement group for a free-text statement, so it is appended as a typed
-    TextContentItem.
+    TextContentItem. ``text`` replaces the warning for other statements of that kind (the input gate's verdict).
     """
     return hd.sr.TextContentItem(
         name=_QUALITATIVE_EVALUATIONS_TEXT,
-        value=f"{RANDOM_WEIGHTS_WARNING} - {_NOT_FOR_CLINICAL_USE}",
+        value=text or f"{RANDOM_WEIGHTS_WARNING} - {_NOT_FOR_CLINICAL_USE}",
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
 
@@ -841,6 +841,7 @@ def write_report(
     uids: UIDFactory,
     series_number: int = 9003,
     pixel_spacing_mm: tuple[float, float] | None = None,
+    input_quality: str | None = None,
 ) -> Path:
     """Write a Comprehensive 3D SR (TID 1500 Measurement Report) of the predictions.
 
@@ -864,6 +865,8 @@ def write_report(
         pixel_spacing_mm: (row, column) mm of the calibrated tissue region the model analysed; when given, every
             group also reports the lesion area (SCT 42798000 "Area", mm2: mask pixels times pixel area) - the SEGs
             themselves cannot carry a spacing (no Frame of Reference).
+        input_quality: the input gate's one-line verdict (:meth:`monai_ultraad.quality.InputQuality.summary`),
+            written into every group as a TEXT qualitative evaluation "Input quality: ...".
 
     Returns:
         Path of ``sr_<SOPInstanceUID>.dcm`` inside ``output_dir``.
@@ -932,6 +935,8 @@ def write_report(
         _drop_segment_number_beside_frame(group)
         if algorithm.random_weights:
             group[0].ContentSequence.append(_random_weights_statement())
+        if input_quality:
+            group[0].ContentSequence.append(_random_weights_statement(f"Input quality: {input_quality}"))
         groups.append(group)
 
     if len(preds) > 1:

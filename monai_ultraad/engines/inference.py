@@ -46,9 +46,15 @@ def ultraad_postprocessing(
     model_info: Mapping[str, Any] | None = None,
     random_weights: bool = False,
     nifti: bool = True,
+    input_quality: bool = True,
 ) -> Compose:
-    """The standard output chain: per image a NIfTI heatmap, a PNG overlay and a JSON of class probabilities."""
+    """The standard output chain: per image a NIfTI heatmap, a PNG overlay and a JSON of class probabilities (with
+    the input gate's flags, :mod:`monai_ultraad.quality`, unless ``input_quality=False``)."""
+    from monai_ultraad.quality.transforms import AssessInputQualityd
+
     steps = [SplitPredictiond(PRED_KEY), HeatmapToOriginald(MAP_KEY)]
+    if input_quality:
+        steps.append(AssessInputQualityd())
     if nifti:
         steps.append(SaveHeatmapNiftid(MAP_KEY, output_dir=output_dir))
     steps += [
@@ -64,7 +70,7 @@ class PredictionTableWriter:
     """Collects each image's ``prediction_record`` from an engine's (decollated) outputs; writes one CSV at the end.
 
     Columns: image, predicted_class, P(<class>) for every class, anomaly_score, heatmap_threshold,
-    lesion_area_fraction, random_weights.
+    lesion_area_fraction, random_weights, input_flags (the input gate's flags, ``;``-separated, empty when none).
     """
 
     def __init__(self, output_dir: str, class_names: Sequence[str] = CLASS_NAMES, filename: str = "predictions.csv"):
@@ -88,12 +94,13 @@ class PredictionTableWriter:
         row.update({f"P({c})": record["probabilities"][c] for c in self.class_names})
         for key in ("anomaly_score", "heatmap_threshold", "lesion_area_fraction", "random_weights"):
             row[key] = record[key]
+        row["input_flags"] = ";".join(record.get("input_quality", {}).get("flags", []))
         self.rows.append(row)
 
     def write(self) -> Path:
         buf = io.StringIO()
         fields = ["image", "predicted_class", *[f"P({c})" for c in self.class_names], "anomaly_score",
-                  "heatmap_threshold", "lesion_area_fraction", "random_weights"]
+                  "heatmap_threshold", "lesion_area_fraction", "random_weights", "input_flags"]
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         writer.writerows(self.rows)

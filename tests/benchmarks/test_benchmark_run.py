@@ -53,6 +53,12 @@ def test_smoke_outputs(smoke_run):
         table = sections[f"{target}, k = 4"]
         assert "\n| UltraAD | " in table and "\n| MVFA | " in table, target
     assert "input / metric resolution" in sections["Methods"]
+    # shortcut audit: only where the dataset says which images carry marks / Doppler (BUS-UCLM), every method
+    audit = results["shortcut_audit"]
+    assert set(audit) == {"bus_uclm_test"} and set(audit["bus_uclm_test"]) == names
+    assert 0.0 <= audit["bus_uclm_test"]["UltraAD"]["4"]["marks:image_auroc"]["mean"] <= 1.0
+    assert "top1_on_marks" in audit["bus_uclm_test"]["MVFA"]["4"]
+    assert "| I-AUROC marks | I-AUROC no marks |" in sections["Shortcut audit: bus_uclm_test, k = 4"]
     for png in ("roc_bus_uclm_test.png", "roc_bus_bra.png", "heatmaps.png"):
         with Image.open(out / png) as im:
             assert im.size[0] > 200 and im.size[1] > 200

@@ -79,6 +79,13 @@ def test_infer_returns_label_in_image_geometry_and_json(server, studies, data_di
     assert result["predicted_class"] in result["class_probabilities"]
     assert 0 <= result["anomaly_score"] <= 1 and 0 <= result["uncertainty"] <= 1
     assert result["random_weights"] is True and result["warning"].startswith("RANDOM WEIGHTS")
+    from monai_ultraad.quality import assess_file  # the input gate's flags, as computed here on the same file
+
+    expected = assess_file(data_dir / "bus_uclm" / row["image"]).to_dict()
+    assert result["input_quality"]["flags"] == expected["flags"]  # the server decodes the JPEG with its own reader:
+    for name in ("marks", "colour_overlay"):  # scores may differ by a glyph, the flags and thresholds may not
+        assert result["input_quality"][name]["threshold"] == expected[name]["threshold"]
+        assert result["input_quality"][name]["flagged"] == expected[name]["flagged"]
     label_path = Path(server.model_dir.parent / "infer_label.nii.gz")
     label_path.write_bytes(parts["image"])
     label = sitk.ReadImage(str(label_path))

@@ -1,4 +1,5 @@
-"""Infer task: lesion label (thresholded UltraAD heatmap) + class probabilities and anomaly score in the JSON.
+"""Infer task: lesion label (thresholded UltraAD heatmap) + class probabilities, anomaly score and the input gate's
+flags (``input_quality``: colour Doppler / elastography overlay, calliper marks) in the JSON.
 
 The label is written in the image's own geometry (same size, origin, spacing, direction) so 3D Slicer overlays it.
 A lesion pixel carries the more likely abnormal class (1 benign, 2 malignant): the radiologist corrects the
@@ -21,6 +22,7 @@ from lib.configs.ultraad import ModelProvider
 from lib.imageio import LABELS, read_picture, write_label
 from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data.transforms import apply_pipeline, map_to_original, ultraad_array_preprocessing
+from monai_ultraad.quality import QUALITY_KEY, assess_image
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class UltraADInfer(BasicInferTask):
             "model": {**info, "backbone": model.backbone.model_name, "weights_id": model.backbone.weights_id},
             "random_weights": random_weights,
             "model_seconds": round(time.perf_counter() - start, 4),
+            QUALITY_KEY: assess_image(picture.rgb).to_dict(),  # colour overlay / marks flags (analysed anyway)
         }
         if random_weights:
             result["warning"] = RANDOM_WEIGHTS_WARNING
