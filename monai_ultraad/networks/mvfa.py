@@ -159,6 +159,7 @@ class MVFA(nn.Module):
             raise ValueError(f"MVFA needs increasing adapted blocks, got {list(levels)}")
         self.backbone = backbone
         self.levels, self.object_name, self.mode, self.det_loss, self.init_seed = levels, object_name, mode, det_loss, init_seed
+        self.blend = BLEND
         width, dim = backbone.vision_width, backbone.embed_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
@@ -255,7 +256,7 @@ class MVFA(nn.Module):
         """Run the adapted part of the tower on :meth:`prefix` output (with gradients to the adapters)."""
         seg, det = [], []
         done, x = self.prefix_blocks, stream
-        a, b, c = BLEND
+        a, b, c = self.blend
         for level, seg_adapter, det_adapter in zip(self.levels, self.seg_adapters, self.det_adapters):
             while done < level:
                 x = self._run_block(done, x)
