@@ -84,7 +84,7 @@ class PrefixCache:
     def images(self, items: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocessed (B, 3, S, S) images and (B, 1, S, S) masks (zeros where an image has none)."""
         data = [apply_pipeline(self.pre, it) for it in items]
-        as_t = lambda v: torch.as_tensor(v.as_tensor() if hasattr(v, "as_tensor") else v).float()  # noqa: E731
+        as_t = lambda v: torch.as_tensor(v.as_tensor() if hasattr(v, "as_tensor") else v).float()
         return torch.stack([as_t(d["image"]) for d in data]), torch.stack([as_t(d["mask"]) for d in data])
 
     def streams(self, items: Sequence[dict], views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,8 +400,8 @@ def fewshot_cli(data_dir: str, items: Sequence[dict], splits: Sequence[Any], bac
     if backbone.random_weights:
         record["warning"] = RANDOM_WEIGHTS_WARNING
     atomic_write_json(output_dir / "summary.json", record, nan_as_null=True)
-    lines = [f"MVFA ({configs[0].mode}), {len(configs)} seed(s), backbone {backbone.model_name} ({backbone.weights_id}), "
-             f"{configs[0].epochs} epochs, {configs[0].views} views per shot", ""]
+    lines = [(f"MVFA ({configs[0].mode}), {len(configs)} seed(s), backbone {backbone.model_name} ({backbone.weights_id}), "
+             f"{configs[0].epochs} epochs, {configs[0].views} views per shot"), ""]
     if backbone.random_weights:
         lines += [f"**{RANDOM_WEIGHTS_WARNING}**", ""]
     lines += ["| metric | mean ± std |", "|---|---|"] + [f"| {k} | {format_mean_std(summary[k])} |" for k in keys
@@ -412,12 +412,12 @@ def fewshot_cli(data_dir: str, items: Sequence[dict], splits: Sequence[Any], bac
 
 
 __all__ = [
-    "fewshot_cli",
     "MVFAConfig",
     "PrefixCache",
     "build_model",
     "choose_threshold",
     "evaluate",
+    "fewshot_cli",
     "fewshot_run",
     "fit",
     "is_mvfa_checkpoint",

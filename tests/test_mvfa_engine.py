@@ -92,3 +92,23 @@ def test_random_checkpoint_needs_allow_random_init(trained):
 
     with pytest.raises(WeightsError, match="allow_random_init"):
         mvfa_engine.load_checkpoint(trained / "seed0" / "model.pt")
+
+
+def test_benchmark_wrapper_runs_the_library_model_on_images(tiny_backbone, split):
+    from benchmarks.methods import METHODS, FitData
+    from benchmarks.protocol import predict_batches
+    from monai_ultraad import engine
+    from monai_ultraad.constants import CLASS_NAMES
+
+    method = METHODS["mvfa"](tiny_backbone, CLASS_NAMES, epochs=1, views=1)
+    assert method.needs_images and method.name == "MVFA"
+    labels = torch.tensor([int(it["label"]) for it in split.shots])
+    data = FitData(None, labels, None, None, None, list(split.shots), list(split.validation), [], None, seed=0)
+    chosen = method.fit(data)
+    assert chosen["epochs"] == 1 and chosen["steps_per_epoch"] == len(split.shots) and chosen["mode"] == "segmentation"
+    samples = engine.load_eval_samples(split.test[:3])
+    (pred, maps, _), = list(predict_batches(method, [(None, samples)], tiny_backbone.image_size))
+    assert pred.anomaly_score.shape == (3,) and pred.class_probs is None
+    assert pred.anomaly_map.shape == (3, 1, 64, 64) and len(maps) == 3 and maps[0].shape == samples[0].mask.shape
+    direct = mvfa_engine.evaluate(method.model, split.test[:3], 0.5, progress=False)[1]
+    assert [p["anomaly_score"] for p in direct] == pytest.approx(pred.anomaly_score.tolist(), abs=1e-6)
