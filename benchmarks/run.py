@@ -209,9 +209,11 @@ def run(args: argparse.Namespace) -> int:
     descriptions: dict[str, str] = {}
     for name, spec in cfg["targets"].items():
         if spec.get("part") == "test":
-            items = base_split.test
+            items = protocol.stratified_subset(base_split.test, spec.get("max_images"), cfg["split_seed"], ("label",))
             descriptions[name] = (f"In-domain: {len(items)} test images of {spec['dataset']} from patients disjoint "
-                                  "from every shot and validation image (same test set for every k and seed).")
+                                  "from every shot and validation image (same test set for every k and seed)"
+                                  + (f", a class-stratified subset of {len(base_split.test)}" if
+                                     len(items) < len(base_split.test) else "") + ".")
         else:
             items = read_dataset(dataset_path(spec["dataset"], data_dir))
             full = len(items)
