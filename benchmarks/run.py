@@ -288,6 +288,9 @@ def run(args: argparse.Namespace) -> int:
             cls = METHODS[key]
             cards[cls.name] = {**cls.card.__dict__, "key": key, "input_resolution": backbone.image_size,
                                "metric_resolution": "original image size"}
+            if cfg["method_options"].get(key):  # a shortened schedule is said in the table, next to the numbers
+                options = ", ".join(f"{k}={v}" for k, v in cfg["method_options"][key].items())
+                cards[cls.name]["notes"] = [*cards[cls.name].get("notes", []), f"run with {options}"]
             path = cells_dir / key / f"k{k}_s{seed}.json"
             thumb_path = path.with_suffix(".npz")
             if path.exists():
