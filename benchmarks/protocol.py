@@ -137,7 +137,10 @@ def predict_batches(
 ) -> Iterable[tuple[Prediction, list[np.ndarray] | None, Sequence[EvalSample]]]:
     """Run the method and map its heatmaps back onto each image's original geometry."""
     for features, samples in batches:
-        pred = method.predict(VisualFeatures(features.cls_token.float(), features.patch_tokens.float()))
+        if getattr(method, "needs_images", False):  # adapters inside the tower (MVFA): cached taps do not apply
+            pred = method.predict_items([s.item for s in samples])
+        else:
+            pred = method.predict(VisualFeatures(features.cls_token.float(), features.patch_tokens.float()))
         maps = None
         if pred.anomaly_map is not None:
             maps = [map_to_original(pred.anomaly_map[i, 0].float(), s.size, size).numpy()

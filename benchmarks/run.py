@@ -209,9 +209,11 @@ def run(args: argparse.Namespace) -> int:
     descriptions: dict[str, str] = {}
     for name, spec in cfg["targets"].items():
         if spec.get("part") == "test":
-            items = base_split.test
+            items = protocol.stratified_subset(base_split.test, spec.get("max_images"), cfg["split_seed"], ("label",))
             descriptions[name] = (f"In-domain: {len(items)} test images of {spec['dataset']} from patients disjoint "
-                                  "from every shot and validation image (same test set for every k and seed).")
+                                  "from every shot and validation image (same test set for every k and seed)"
+                                  + (f", a class-stratified subset of {len(base_split.test)}" if
+                                     len(items) < len(base_split.test) else "") + ".")
         else:
             items = read_dataset(dataset_path(spec["dataset"], data_dir))
             full = len(items)
@@ -289,6 +291,9 @@ def run(args: argparse.Namespace) -> int:
             cls = METHODS[key]
             cards[cls.name] = {**cls.card.__dict__, "key": key, "input_resolution": backbone.image_size,
                                "metric_resolution": "original image size"}
+            if cfg["method_options"].get(key):  # a shortened schedule is said in the table, next to the numbers
+                options = ", ".join(f"{k}={v}" for k, v in cfg["method_options"][key].items())
+                cards[cls.name]["notes"] = [*cards[cls.name].get("notes", []), f"run with {options}"]
             path = cells_dir / key / f"k{k}_s{seed}.json"
             thumb_path = path.with_suffix(".npz")
             if path.exists():

@@ -9,6 +9,7 @@ Each command is a thin face over :mod:`monai_ultraad.engine`. Examples::
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from monai_ultraad import engine
+from monai_ultraad import engine, mvfa_engine
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data import make_fewshot_split, read_dataset, ultraad_preprocessing
 from monai_ultraad.data.postprocessing import output_stem
@@ -98,17 +99,27 @@ class UltraADCLI:
         cache_dir: str | None = None,
         device: str = "auto",
         progress: bool = True,
+        model: str = "ultraad",
+        zero_shot: bool = False,
+        views: int | None = None,
     ) -> dict:
         """Few-shot train on ``shots`` images per class and test on patient-disjoint images, once per seed.
 
         Writes, under ``output_dir``: ``seed<N>/model.pt`` (checkpoint with provenance), ``seed<N>/metrics.json``,
         ``seed<N>/predictions.json``, ``seed<N>/roc.png``, and ``summary.json`` / ``summary.md`` (mean ± std over
         seeds). The best epoch and the heatmap threshold come from validation images of the training pool only.
+
+        ``--model mvfa`` trains MVFA instead (its own defaults unless given: 50 epochs, lr 1e-3, 11 views, batch 1;
+        ``--zero_shot``: no memory, no views, lr 1e-4; then ``evaluate`` it on an unseen dataset).
         """
         seeds_list = [int(s) for s in _as_list(seeds)]
         items = read_dataset(data_dir, fmt)
         bb = ClipBackbone(backbone, pretrained, _layers(feature_layers), allow_random_init=allow_random_init)
         _banner(bb.random_weights)
+        if model == "mvfa":
+            return _mvfa_fewshot(locals(), items, bb, seeds_list)
+        if model != "ultraad":
+            raise UltraADError(f"--model must be ultraad or mvfa, not {model!r}")
         tune_cpu_allocator()
         store = engine.build_store(bb, cache_dir=cache_dir if cache_dir else True, device=_device(device), progress=progress)
         out = Path(output_dir)
@@ -172,6 +183,8 @@ class UltraADCLI:
         images when the dataset contains the checkpoint's shots (same dataset), else every image (unseen dataset).
         The threshold is the checkpoint's validation threshold unless given.
         """
+        if mvfa_engine.is_mvfa_checkpoint(checkpoint):
+            return _mvfa_evaluate(locals())
         model, payload = engine.load_checkpoint(
             checkpoint, pretrained=pretrained, allow_random_init=allow_random_init, device=_device(device)
         )
@@ -207,9 +220,8 @@ class UltraADCLI:
         Every JSON states the input gate's flags (``input_quality``: colour Doppler / elastography overlay, calliper
         or annotation marks). ``--refuse_flagged``: a flagged image is not analysed; its JSON says why.
         """
-        model, payload = engine.load_checkpoint(
-            checkpoint, pretrained=pretrained, allow_random_init=allow_random_init, device=_device(device)
-        )
+        load = mvfa_engine.load_checkpoint if mvfa_engine.is_mvfa_checkpoint(checkpoint) else engine.load_checkpoint
+        model, payload = load(checkpoint, pretrained=pretrained, allow_random_init=allow_random_init, device=_device(device))
         _banner(model.random_weights)
         paths: list[Path] = []
         for entry in _as_list(images):
@@ -217,8 +229,46 @@ class UltraADCLI:
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
         if not paths:
             raise UltraADError("no images given to predict")
+        if load is mvfa_engine.load_checkpoint:
+            return mvfa_engine.predict_images(model, paths, Path(output_dir), float(payload["threshold"]), progress)
         return predict_images(model, paths, Path(output_dir), float(payload["threshold"]), progress=progress,
                               refuse_flagged=refuse_flagged)
+
+
+#: ``fewshot``'s defaults: an ``--epochs`` / ``--lr`` left at UltraAD's default gives MVFA its own (50, 1e-3).
+_FEWSHOT_DEFAULTS = {k: p.default for k, p in inspect.signature(UltraADCLI.fewshot).parameters.items()}
+
+
+def _mvfa_fewshot(args: dict, items: list[dict], bb: ClipBackbone, seeds: list[int]) -> dict:
+    """``fewshot --model mvfa``: MVFA's own schedule, except what the command line sets explicitly."""
+    given = {k: args[k] for k in ("epochs", "lr") if args[k] != _FEWSHOT_DEFAULTS[k]}
+    if args["views"] is not None:
+        given["views"] = int(args["views"])
+    make = mvfa_engine.MVFAConfig.zero_shot if args["zero_shot"] else mvfa_engine.MVFAConfig
+    configs = [make(seed=s, **given) for s in seeds]
+    splits = [make_fewshot_split(items, k=args["shots"], seed=s, split_seed=args["split_seed"],
+                                 test_fraction=args["test_fraction"], max_val_per_class=args["max_val_per_class"])
+              for s in seeds]
+    bb.to(_device(args["device"]))
+    return mvfa_engine.fewshot_cli(args["data_dir"], items, splits, bb, configs, Path(args["output_dir"]), args["fmt"],
+                                   args["progress"])
+
+
+def _mvfa_evaluate(args: dict) -> dict:
+    model, payload = mvfa_engine.load_checkpoint(args["checkpoint"], pretrained=args["pretrained"],
+                                                 allow_random_init=args["allow_random_init"],
+                                                 device=_device(args["device"]))
+    _banner(model.random_weights)
+    items = engine.recorded_test_items(payload, read_dataset(args["data_dir"], args["fmt"]), args["split"])
+    thr = float(payload["threshold"] if args["threshold"] is None else args["threshold"])
+    metrics, predictions = mvfa_engine.evaluate(model, items, thr, progress=args["progress"])
+    print(", ".join(f"{k}={metrics.get(k) if metrics.get(k) is None else round(metrics[k], 3)}"
+                    for k in ("image_auroc", "pixel_auroc", "dice", "iou")))
+    if args["output_dir"]:
+        out = Path(args["output_dir"])
+        atomic_write_json(out / "metrics.json", metrics, nan_as_null=True)
+        atomic_write_json(out / "predictions.json", predictions)
+    return metrics
 
 
 def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: float, progress: bool = True,

@@ -1,13 +1,13 @@
 """CLIP anomaly-localisation baselines trained on the shots' masks: April-GAN, MVFA, AnomalyCLIP-style prompts.
 
 They are binary (normal / abnormal): no fine-grained class, so their 3-class metrics are not applicable.
-All three read the cached taps of the frozen tower; adapters that in the original insert into the tower (MVFA)
-are applied to the tapped tokens instead, which the method cards say.
+April-GAN and AnomalyCLIP-style read the cached taps of the frozen tower; MVFA inserts its adapters into the tower
+as its authors do, so it reads the images (the library model, monai_ultraad.networks.mvfa).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -103,91 +103,62 @@ class AprilGAN(Method):
         return Prediction(0.5 * (cls_score + amap.flatten(1).amax(dim=1)), None, amap)
 
 
-class _ResidualAdapter(nn.Module):
-    """MVFA's adapter: bottleneck MLP with LeakyReLU, blended residually with the input tokens."""
-
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, hidden, bias=False), nn.LeakyReLU(inplace=False),
-                                 nn.Linear(hidden, width, bias=False), nn.LeakyReLU(inplace=False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.8 * x + 0.2 * self.net(x)
-
-
 class MVFA(Method):
-    """MVFA (Huang et al., CVPR 2024): dual (segmentation / detection) residual adapters per tapped layer, trained
-    with Dice + Focal (segmentation) and BCE (detection) against the state prompts at every level; at test time a
-    zero-shot branch (adapted features vs text) and a few-shot branch (nearest normal-shot memory) are averaged.
+    """MVFA (Huang et al., CVPR 2024) as its authors built it: :class:`monai_ultraad.networks.mvfa.MVFA` trained by
+    :func:`monai_ultraad.mvfa_engine.fit` (adapters inside the tower after every tapped block, 11 views per shot,
+    Adam (0.5, 0.999), lr 1e-3, best epoch and branch statistics on validation images).
 
-    MVFA inserts the adapters into the tower so later blocks see adapted tokens; from cached taps each level is
-    adapted on its own (the method card says so)."""
+    The adapted tower changes every block after the first adapter, so this method reads images, not the shared
+    cached taps (:attr:`needs_images`): the residual stream after the first adapted block is cached per view, the
+    rest of the tower runs every step. Options: ``epochs`` (default 50), ``views`` (default 11), ``val_every``."""
 
     name = "MVFA"
-    card = MethodCard("few-shot anomaly segmentation",
-                      "0.5 * mean over levels of mean detection-patch P(abnormal) + 0.5 * mean over levels of max distance to the normal detection memory",
-                      "0.5 * zero-shot branch (segmentation adapters vs text) + 0.5 * few-shot branch (normal memory)",
-                      "bilinear, no smoothing", "binary only", "Huang et al., MVFA, CVPR 2024",
-                      notes=["adapters applied to cached taps, not inserted into the tower"])
+    needs_images = True
+    card = MethodCard("few-shot anomaly segmentation (adapters inside the tower)",
+                      "max of the fused map (segmentation mode, the shots have masks)",
+                      "0.5 * minmax(zero-shot: sum over levels of P(abnormal), seg-adapter tokens vs text) + "
+                      "0.5 * minmax(few-shot: sum over levels of min(1 - cos) to the normal shots' 11 views)",
+                      "bilinear (align_corners=True), no smoothing", "binary only", "Huang et al., MVFA, CVPR 2024",
+                      notes=[
+                          ("equal to the official code (MediaBrain-SJTU/MVFA-AD) on the same random ViT-L-14-336 "
+                          "weights: tokens, maps, memory, scores, losses, gradients (fp32 max abs diff in "
+                          "monai_ultraad/networks/mvfa.py's docstring and the issue-15 report)"),
+                          "min-max statistics of the two branches from validation images (official: the test set)",
+                          "best epoch on validation images (official: the test set)",
+                          "detection loss BCE on the mean patch probability (official: BCEWithLogits on it)",
+                          "activation as the weights need (QuickGELU for OpenAI weights; official: GELU)",
+                          "input: the package preprocessing at the backbone's size (official: 240 px, no mean/std)",
+                      ])
 
-    def __init__(self, backbone, class_names, **options) -> None:
-        super().__init__(backbone, class_names, **options)
-        self.maps = MapMaker(backbone, sigma=0.0)
-        self.text = state_text(backbone)
-        self.proj = projection(backbone)
-
-    def _adapted(self, patches: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        seg = F.normalize(self.seg[i](patches) @ self.proj, dim=-1)
-        det = F.normalize(self.det[i](patches) @ self.proj, dim=-1)
-        return seg, det
+    _caches: ClassVar[dict[int, Any]] = {}  # per backbone: validation images recur over k and seeds
 
     def fit(self, data: FitData) -> dict[str, Any]:
-        n_layers, width = data.shots.patch_tokens.shape[1], data.shots.patch_tokens.shape[-1]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(data.seed)
-            self.seg = nn.ModuleList(_ResidualAdapter(width, width // 2) for _ in range(n_layers))
-            self.det = nn.ModuleList(_ResidualAdapter(width, width // 2) for _ in range(n_layers))
-        patches, masks = data.shots.patch_tokens.float(), data.masks
-        targets = abnormal_labels(data.labels).float()
-        loss = SegmentationLoss()
-        grid = self.backbone.grid_size
+        from monai_ultraad import mvfa_engine
 
-        def step(idx: torch.Tensor) -> torch.Tensor:
-            total = 0.0
-            for i in range(n_layers):
-                seg, det = self._adapted(patches[idx, i], i)
-                total = total + loss(two_class_logits(seg, self.text), masks[idx], grid)
-                det_score = two_class_logits(det, self.text).softmax(dim=1)[:, 1].mean(dim=1)
-                total = total + F.binary_cross_entropy(det_score.clamp(1e-6, 1 - 1e-6), targets[idx])
-            return total / n_layers
-
-        params = list(self.seg.parameters()) + list(self.det.parameters())
-        history = train_minibatches(params, step, len(data.labels), EPOCHS, data.seed)
-        with torch.no_grad():
-            seg_mem, det_mem = [], []
-            normal = patches[data.labels == 0]
-            if normal.shape[0] == 0:
-                raise ValueError("MVFA's few-shot branch needs at least one normal shot")
-            for i in range(n_layers):
-                seg, det = self._adapted(normal[:, i], i)
-                seg_mem.append(seg.flatten(0, 1))
-                det_mem.append(det.flatten(0, 1))
-        self.seg_memory, self.det_memory = seg_mem, det_mem
-        return {"epochs": EPOCHS, "final_loss": history[-1]}
+        config = mvfa_engine.MVFAConfig(epochs=int(self.options.get("epochs", 50)),
+                                        views=int(self.options.get("views", 11)),
+                                        val_every=int(self.options.get("val_every", 1)), seed=data.seed)
+        self.model = mvfa_engine.build_model(self.backbone, seed=data.seed)
+        cache = self._caches.setdefault(id(self.backbone), mvfa_engine.PrefixCache(self.model))
+        cache.model = self.model
+        self.cache = cache
+        result = mvfa_engine.fit(self.model, data.shot_items, data.val_items, config, cache, progress=False)
+        steps = config.views * len(data.shot_items)
+        return {"best_epoch": result.best_epoch, "epochs": config.epochs, "views": config.views,
+                "steps_per_epoch": steps,
+                "mean_epoch_seconds": sum(result.epoch_seconds) / max(len(result.epoch_seconds), 1),
+                "prefix_seconds": result.feature_seconds, "mode": self.model.mode}
 
     @torch.no_grad()
+    def predict_items(self, items: list[dict]) -> Prediction:
+        from monai_ultraad import mvfa_engine
+
+        chunks = list(mvfa_engine.iter_outputs(self.model, items, self.cache, batch_size=len(items)))
+        out = chunks[0][1]
+        return Prediction(out.anomaly_score.cpu(), None, out.anomaly_map.cpu())
+
     def predict(self, features: VisualFeatures) -> Prediction:
-        patches = features.patch_tokens.float()
-        zs_maps, fs_maps, zs_scores, fs_scores = [], [], [], []
-        for i in range(patches.shape[1]):
-            seg, det = self._adapted(patches[:, i], i)
-            zs_maps.append(two_class_logits(seg, self.text).softmax(dim=1)[:, 1])
-            zs_scores.append(two_class_logits(det, self.text).softmax(dim=1)[:, 1].mean(dim=1))
-            fs_maps.append(_nn_distance(seg, self.seg_memory[i]))
-            fs_scores.append(_nn_distance(det, self.det_memory[i]).amax(dim=1))
-        amap = self.maps(0.5 * torch.stack(zs_maps).mean(0) + 0.5 * torch.stack(fs_maps).mean(0))
-        score = 0.5 * torch.stack(zs_scores).mean(0) + 0.5 * torch.stack(fs_scores).mean(0)
-        return Prediction(score, None, amap)
+        raise TypeError("MVFA runs the adapted tower on images: the protocol calls predict_items")
 
 
 class AnomalyCLIPStyle(Method):
