@@ -42,7 +42,7 @@ fused few-shot map, 1.6e-6 image scores, 5.5e-6 zero-shot map, 0 zero-shot image
 detection loss (with ``det_loss="official"``). Adapter gradients of one step differ by up to 1.7e-4 (max 0.156;
 over the 1e-4 target, not yet explained: the two towers use different attention kernels in backward), so weights
 after one Adam step differ by up to 1.7e-3 (Adam's first step is about lr * sign(g)). Intended differences,
-measured: BCE instead of BCEWithLogits-on-a-probability changes the detection loss by 1.22 (1.26 -> 0.04 scale);
+measured: BCE instead of BCEWithLogits-on-a-probability changes the detection loss by 1.22 (official value 1.26);
 validation instead of scored-set statistics moved the zero-shot map by up to 0.011; QuickGELU instead of GELU on the
 same weights moves level-4 tokens by 0.034 and the summed zero-shot map by 1.6e-4.
 
