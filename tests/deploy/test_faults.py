@@ -35,16 +35,31 @@ def _visible(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
 
 
+def _objects(out: Path) -> list[str]:
+    """The published objects: DICOM files and the viewer SEGs' Slicer .seg.nrrd files."""
+    return sorted(p.name for p in out.iterdir() if p.name.endswith((".dcm", ".seg.nrrd")))
+
+
+def _is_whole_set(files: list[str]) -> bool:
+    """A source's whole set: the two source-faithful SEGs, the SR and the overlay, one viewer SEG per analysed frame
+    with its .seg.nrrd, and the viewer SR when a lesion was outlined."""
+    kinds = [f.split("_1.")[0] + (".nrrd" if f.endswith(".nrrd") else "") for f in files]
+    core = all(kinds.count(k) == 1 for k in ("seg_fractional", "seg_binary", "sr", "overlay"))
+    viewer = kinds.count("seg_viewer") >= 1 and kinds.count("seg_viewer") == kinds.count("seg_viewer.nrrd")
+    return core and viewer and kinds.count("sr_viewer") <= 1 and len(kinds) == 4 + 2 * kinds.count("seg_viewer") \
+        + kinds.count("sr_viewer")
+
+
 def _check_consistent(out: Path, result=None) -> dict | None:
     """The PACS-watcher invariants; returns the report when there is one."""
     report_path = out / "ultraad_run.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else None
-    dcm = sorted(p.name for p in out.glob("*.dcm"))
-    assert not [n for n in _visible(out) if not n.endswith(".dcm") and n != "ultraad_run.json"], _visible(out)
+    objects = _objects(out)
+    assert not [n for n in _visible(out) if n not in objects and n != "ultraad_run.json"], _visible(out)
     if report is not None:
-        assert sorted(report["outputs"]) == dcm  # every visible object is in the report ...
+        assert sorted(report["outputs"]) == objects  # every visible object is in the report ...
         for files in report["outputs_by_source"].values():
-            assert len(files) == 4  # ... with the whole set of its source
+            assert _is_whole_set(files), files  # ... with the whole set of its source
         decided = report["processed"] + [f["file"] for f in report["failed"] + report["skipped"]] \
             + report["not_started"]
         assert len(decided) == len(set(decided))  # one outcome per file
@@ -113,7 +128,8 @@ def test_hostile_inputs_each_get_one_clear_outcome(hostile_run):
     assert skipped["empty.dcm"].startswith("empty file") and skipped["DICOMDIR"].startswith("DICOMDIR")
     assert report["warnings"] == [{"file": "leading_zero.dcm", "warning": "SOPInstanceUID has a component with a "
                                    "leading zero (PS3.5 9.1); referenced as it is"}]
-    assert len(list(out.glob("*.dcm"))) == 12  # 4 objects for each of the 3 processed sources, none for the rest
+    assert sorted(report["outputs_by_source"]) == sorted(report["processed"])  # objects of the processed only
+    assert len(_objects(out)) == sum(len(f) for f in report["outputs_by_source"].values())
     assert "/etc/x" not in result.stdout + result.stderr  # invalid UIDs are named, never echoed
     sr = pydicom.dcmread(out / next(f for f in report["outputs_by_source"]["leading_zero.dcm"] if f.startswith("sr_")))
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
@@ -193,7 +209,8 @@ def test_disk_full_during_the_run_leaves_whole_sets_only(data_dir, checkpoint, r
     report = _check_consistent(out, result)
     if report is None:  # the disk was too full even for the report: the summary still says it all
         assert "run report not written" in result.stderr
-        assert len(list(out.glob("*.dcm"))) == 4 * summary["processed"]
+        kinds = [n.split("_1.")[0] for n in _objects(out)]
+        assert kinds.count("sr") == kinds.count("overlay") == summary["processed"]  # whole sets only
     else:
         assert any("No space left on device" in f["reason"] for f in report["failed"])
     staging = out / ".ultraad-staging"
@@ -234,7 +251,7 @@ def test_kill_9_during_a_cine_leaves_nothing_visible_and_the_next_run_tidies(dat
     assert result.returncode == 0, result.stderr[-3000:]
     assert "removed stale staging" in result.stderr
     report = _check_consistent(out, result)
-    assert report["processed"] == ["one.dcm"] and len(list(out.glob("*.dcm"))) == 4
+    assert report["processed"] == ["one.dcm"] and _is_whole_set(_objects(out))
     assert not (out / ".ultraad-staging").exists()
 
 
@@ -257,7 +274,8 @@ def test_sigterm_finishes_the_current_source_then_reports(data_dir, checkpoint, 
     assert report["processed"][0] == "a_cine.dcm" and report["not_started"] and not report["failed"]
     assert report["processed"] + report["not_started"] == ["a_cine.dcm", "b.dcm", "c.dcm"]
     assert report["stopped_by"] == "SIGTERM" and report["exit_code"] == 1
-    assert len(list(out.glob("*.dcm"))) == 4 * len(report["processed"])
+    assert len(_objects(out)) == sum(len(f) for f in report["outputs_by_source"].values())
+    assert all(_is_whole_set(f) for f in report["outputs_by_source"].values())
     assert not (out / ".ultraad-staging").exists()
     assert json.loads(stdout.strip().splitlines()[-1])["not_started"] == len(report["not_started"])
 
@@ -277,4 +295,4 @@ def test_a_second_run_into_the_same_folder_is_refused(data_dir, checkpoint, run_
     assert f"another UltraAD run (pid {winner.pid}) is writing into {out}" in refused
     assert "Traceback" not in refused and "no run report written" in refused
     report = _check_consistent(out)
-    assert report["processed"] == ["cine.dcm"] and len(list(out.glob("*.dcm"))) == 4  # one run's set, one report
+    assert report["processed"] == ["cine.dcm"] and _is_whole_set(_objects(out))  # one run's set, one report
