@@ -156,7 +156,10 @@ def test_train_k8_from_datastore_labels_then_infer_uses_it(server, studies):
 
 
 def test_next_image_is_the_most_uncertain_unlabelled_one(server, studies):
-    status, body, _ = server.post("/activelearning/most_uncertain", data=b"{}",
+    # max_new: score every unlabelled image in this request (the default, 8 per request, would score a seeded
+    # subset of the 12, whose maximum need not be the maximum of all)
+    status, body, _ = server.post("/activelearning/most_uncertain",
+                                  data=json.dumps({"max_new": len(studies[3])}).encode(),
                                   headers={"Content-Type": "application/json"})
     choice = json.loads(body)
     assert status == 200 and choice["id"] in studies[3]

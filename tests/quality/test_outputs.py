@@ -137,7 +137,7 @@ def test_deploy_app_states_flags_in_sr_and_run_report_and_refuses(checkpoint, im
     report = json.loads((out / "ultraad_run.json").read_text())
     assert {f: q["flags"] for f, q in report["input_quality"].items()} == {f"{n}.dcm": f for n, f in EXPECTED.items()}
     texts = {}
-    for sr in out.glob("sr_*.dcm"):
+    for sr in out.glob("sr_[0-9]*.dcm"):
         source = pydicom.dcmread(sr).CurrentRequestedProcedureEvidenceSequence  # which image this SR is about
         assert source
         texts[sr] = " | ".join(t for t in _sr_texts(sr) if t.startswith("Input quality:"))
@@ -154,4 +154,4 @@ def test_deploy_app_states_flags_in_sr_and_run_report_and_refuses(checkpoint, im
     assert report["processed"] == ["plain.dcm"]
     reasons = {r["file"]: r["reason"] for r in report["refused"]}
     assert set(reasons) == {"cross.dcm", "flow.dcm"} and "calliper / annotation marks" in reasons["cross.dcm"]
-    assert len(list(refused_out.glob("sr_*.dcm"))) == 1
+    assert len(list(refused_out.glob("sr_[0-9]*.dcm"))) == 1
