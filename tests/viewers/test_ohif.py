@@ -29,7 +29,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "monailabel"))
 sys.path.insert(0, str(REPO / "scripts"))
-from monailabel_servers import Orthanc, http, missing  # noqa: E402
+from monailabel_servers import Orthanc, http, missing
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
