@@ -30,7 +30,7 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Best-effort ``fsync`` of a folder so the rename itself survives a power loss."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -81,7 +81,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 

@@ -142,18 +142,7 @@ def _validation_metrics(model: MVFA, raws: list[dict], labels: np.ndarray, masks
 
 def _fuse(model: MVFA, raw: dict) -> MVFAOutput:
     """:meth:`MVFA.score_tokens` from already computed raw branches."""
-    first, second = model._branch_values(raw)
-    zs_map = raw["zero_shot_map"]
-    if model.mode == "segmentation":
-        fused = 0.5 * model._normalise(first, 0) + 0.5 * model._normalise(second, 1)
-        score = fused.flatten(1).amax(dim=1)
-    elif model.mode == "detection":
-        score = 0.5 * model._normalise(first, 0) + 0.5 * model._normalise(second, 1)
-        fused = model._seg_like(zs_map)
-    else:
-        fused, score = model._normalise(first, 0), model._normalise(second, 1)
-    return MVFAOutput(fused.clamp(0.0, 1.0).unsqueeze(1), score, zs_map, raw["few_shot_map"],
-                      raw["zero_shot_score"], raw["few_shot_score"])
+    return model.fuse(raw)
 
 
 def fit(

@@ -32,6 +32,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from monai_ultraad.io_utils import fsync_dir
+
 logger = logging.getLogger("ultraad.deploy")
 
 LOCK_NAME = ".ultraad.lock"
@@ -171,7 +173,7 @@ class OutputFolder:
                         pass
                 self.discard(staged)
                 raise
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             shutil.rmtree(staged, ignore_errors=True)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -228,19 +230,6 @@ def _atomic_text(path: Path, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_holder(fd: int) -> None:

@@ -395,7 +395,10 @@ class MVFA(nn.Module):
 
     @torch.no_grad()
     def score_tokens(self, tokens: MVFATokens) -> MVFAOutput:
-        raw = self.raw_branches(tokens)
+        return self.fuse(self.raw_branches(tokens))
+
+    def fuse(self, raw: dict) -> MVFAOutput:
+        """The two branches (from :meth:`raw_branches`) normalised and fused into the map and image score."""
         first, second = self._branch_values(raw)
         zs_map = raw["zero_shot_map"]
         if self.mode == "segmentation":
