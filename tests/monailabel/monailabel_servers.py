@@ -24,9 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("ULTRAAD_MONAILABEL_VENV", REPO / ".venv-monailabel"))
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-#: Debian's orthanc-gdcm: GDCM transcoder/decoder plugin, without which Orthanc 1.10 cannot serve JPEG 2000 (the US1_*
-#: series) over WADO-RS nor render it.
-GDCM_PLUGIN = DICOMWEB_PLUGIN.parent / "libOrthancGdcm.so"
 TINY_CONF = {"backbone": "UltraAD-Tiny-ViT", "pretrained": "random", "allow_random_init": "true",
              "feature_layers": "1,2,3,4"}
 
@@ -92,8 +89,6 @@ class Orthanc:
     def __init__(self, folder: Path) -> None:
         if not Path(ORTHANC).exists() or not DICOMWEB_PLUGIN.exists():
             missing("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
-        if not GDCM_PLUGIN.exists():
-            missing("Orthanc's GDCM plugin is not installed (apt-get install orthanc-gdcm): no JPEG 2000 over WADO-RS")
         self.folder = folder
         self.http_port, self.dicom_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -102,15 +97,17 @@ class Orthanc:
             "Name": "ULTRAAD_TEST", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "Plugins": [str(DICOMWEB_PLUGIN), str(GDCM_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            # GDCM for JPEG 2000 only: Orthanc's own DCMTK codecs stay in charge of the others (GDCM transcoding
-            # of long JPEG baseline cines is slower than the server's 10 s PACS timeout)
-            "Gdcm": {"Enable": True, "RestrictTransferSyntaxes": [
-                "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"]},
+            # no transcoding plugin: the MONAI Label app asks for objects as stored (transfer-syntax=*) and decodes
+            # them itself (Orthanc's GDCM plugin crashed Orthanc on a JPEG 2000 request on one CI machine)
+            "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = folder / "orthanc.log"
-        self.proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=self.log.open("wb"),
+        self.stopped = False  # True once a test has stopped it on purpose
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=self.log.open("ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_until(lambda: http("GET", f"{self.url}/system", timeout=2)[0] == 200, 60, "Orthanc", self.proc,
@@ -119,6 +116,13 @@ class Orthanc:
             stop(self.proc)
             raise
 
+    def died(self) -> str | None:
+        """None while Orthanc runs; once it has ended on its own, its exit code and the tail of its log."""
+        code = self.proc.poll()
+        if code is None or self.stopped:
+            return None
+        return f"Orthanc exited with code {code}; its log ends:\n{self.log.read_text(errors='replace')[-3000:]}"
+
     def upload(self, path: Path) -> tuple[int, dict]:
         """POST /instances (Orthanc's REST API): (HTTP status, Orthanc's answer)."""
         status, body, _ = http("POST", f"{self.url}/instances", data=path.read_bytes(),
@@ -126,6 +130,7 @@ class Orthanc:
         return status, json.loads(body)
 
     def stop(self) -> None:
+        self.stopped = True
         stop(self.proc)
 
 

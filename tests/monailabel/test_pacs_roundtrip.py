@@ -45,6 +45,15 @@ def pacs(data_dir, tmp_path_factory):
             real[name] = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
         print(f"\nOrthanc refused {len(refused)} of the real files: {refused}")
         assert len(real) >= 25
+        # the real JPEG 2000 picture as a series of its own (the US1_* files share one series with uncompressed
+        # copies, which the app refuses as several objects): new series and SOP UIDs, pixel data untouched
+        j2k = pydicom.dcmread(data_dir / "dicom" / "pydicom-data" / "US1_J2KI.dcm")
+        assert j2k.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000
+        j2k.SeriesInstanceUID, j2k.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+        j2k.file_meta.MediaStorageSOPInstanceUID = j2k.SOPInstanceUID
+        j2k.save_as(root / "j2k.dcm")
+        assert orthanc.upload(root / "j2k.dcm")[0] == 200
+        real["j2k-own-series"] = str(j2k.SeriesInstanceUID)
         wrapped = []
         for i, row in enumerate(r for r in uclm_rows(data_dir, 2) if r["label"] != "malignant"):
             rgb = np.asarray(Image.open(data_dir / "bus_uclm" / row["image"]).convert("RGB"))
@@ -57,6 +66,20 @@ def pacs(data_dir, tmp_path_factory):
         yield orthanc, real, wrapped, root
     finally:
         orthanc.stop()
+
+
+@pytest.fixture(autouse=True)
+def orthanc_alive(request):
+    """A test after which Orthanc has died on its own fails with Orthanc's log, and Orthanc is started again (on
+    the same storage) so that one crash is reported once, not as a failure of every later test."""
+    yield
+    if "pacs" not in request.fixturenames:
+        return
+    orthanc = request.getfixturevalue("pacs")[0]
+    why = orthanc.died()
+    if why:
+        orthanc.start()
+        pytest.fail(why)
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +121,8 @@ def test_every_real_us_file_infers_or_is_refused_clearly(server, pacs):
     # Orthanc cannot send JPEG XL over WADO-RS (502); were it sent, GDCM could not decode it (422). The deploy app
     # decodes it (monai_ultraad/dicom/jpegxl.py, tests/dicom/test_reader.py).
     assert outcomes["dcm4che/will-jxl.dcm"][0] in (422, 502)
-    # JPEG 2000 (the US1_* series) reaches the server over WADO-RS: Debian's Orthanc 1.10 needs its GDCM plugin
-    # (orthanc-gdcm) for that, without it this is a 502. The series holds several objects (the same picture in other
-    # transfer syntaxes), which the app refuses with a 422 naming the count.
+    # The US1_* series holds several objects (the same picture in other transfer syntaxes), which the app refuses
+    # with a 422 naming the count (its JPEG 2000 object alone: test_jpeg_2000_is_sent_as_stored_and_decoded_by_the_app).
     status, detail = outcomes["pydicom-data/US1_J2KI.dcm"]
     assert status == 200 or (status == 422 and "objects" in detail), outcomes["pydicom-data/US1_J2KI.dcm"]
     assert outcomes["dcm4che/US-PAL-8-10x-echo.dcm"][0] == 422  # 10-frame cine loop
@@ -112,20 +134,24 @@ def test_every_real_us_file_infers_or_is_refused_clearly(server, pacs):
     print("\nDICOMweb infer outcomes:", json.dumps({n: s for n, (s, _) in outcomes.items()}, indent=1))
 
 
-def test_orthanc_serves_jpeg_2000_over_wado_rs(pacs, data_dir):
-    """WADO-RS of the JPEG 2000 objects, transcoded to Explicit VR Little Endian (the default a DICOMweb client asks
-    for): needs Orthanc's GDCM plugin (Debian orthanc-gdcm); without it Orthanc answers HTTP 500."""
+def test_jpeg_2000_is_sent_as_stored_and_decoded_by_the_app(server, pacs, data_dir):
+    """The app asks for objects in their stored transfer syntax (WADO-RS ``transfer-syntax=*``), so the PACS need
+    not transcode JPEG 2000 (Debian's Orthanc 1.10 cannot without its GDCM plugin); GDCM in the server decodes it."""
     import pydicom
 
-    orthanc = pacs[0]
-    # the US1_* files share one SOP Instance UID; Orthanc keeps the first stored, US1_J2KI (JPEG 2000 lossy)
-    for name in ("pydicom-data/US1_J2KI.dcm",):
-        ds = pydicom.dcmread(data_dir / "dicom" / name, stop_before_pixels=True)
-        url = (f"{orthanc.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
-               f"{ds.SOPInstanceUID}")
-        status, body, _ = http("GET", url, headers={"Accept": 'multipart/related; type="application/dicom"'})
-        assert status == 200, (name, status, body[:200])
-        assert len(body) > int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)  # decompressed pixels sent
+    orthanc, real, _, _ = pacs
+    ds = pydicom.dcmread(data_dir / "dicom" / "pydicom-data" / "US1_J2KI.dcm", stop_before_pixels=True)
+    url = (f"{orthanc.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+           f"{ds.SOPInstanceUID}")
+    status, body, headers = http("GET", url, headers={
+        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert status == 200, (status, body[:200])
+    assert pydicom.uid.JPEG2000.encode() in body  # the stored JPEG 2000 object, not a transcoded copy
+    assert len(body) < int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)  # compressed pixels sent
+
+    status, body, _ = server.infer(real["j2k-own-series"], output="json")
+    assert status == 200, body[:300]
+    assert json.loads(body)["random_weights"] is True
 
 
 def test_label_train_deploy_and_store_results_back(server, pacs, tmp_path):

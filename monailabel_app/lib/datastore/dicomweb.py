@@ -13,7 +13,11 @@ Found by running MONAI Label 0.8.5 against Orthanc with the 29 real US files in 
   make a SEG of a 2D ultrasound image without patient geometry, so every label would have been lost. Here the
   label is kept in the local cache first (validated, atomic); the SEG push is tried afterwards and its outcome is
   recorded in the label's info (``pacs_seg``); training reads the cache.
-* Orthanc's WADO-RS cannot send JPEG XL (will-jxl.dcm): an error answer of the PACS is a 502 naming the series.
+* Its download asks the PACS to transcode every object to Explicit VR Little Endian (dicomweb-client's default).
+  That makes the PACS decode JPEG 2000, JPEG-LS or JPEG XL, which Debian's Orthanc 1.10 cannot do without a
+  plugin, and which crashed Orthanc's GDCM plugin on one CI machine. Here objects are asked for in the transfer
+  syntax they are stored in (``transfer-syntax=*``, as OHIF asks), and GDCM decodes them in this server; what GDCM
+  cannot decode (JPEG XL) is a 422 naming the series. Any other error answer of the PACS is a 502 naming the series.
 * Every request to the PACS has a timeout, and an unreachable PACS is a 503 that names it (no patient data).
 """
 
@@ -32,6 +36,7 @@ from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
+from pydicom.dataset import Dataset
 
 from lib.datastore.labels import store_label_atomically, validate_label
 from lib.errors import BAD_GATEWAY, NOT_FOUND, PACS_UNAVAILABLE, UNPROCESSABLE, http_error
@@ -48,6 +53,38 @@ def timeout_session(seconds: float) -> requests.Session:
             return super().request(*args, **kwargs)
 
     return _Session()
+
+
+#: WADO-RS media type for "each object as it is stored" (PS3.18 8.7.3.5.2): no transcoding by the PACS
+STORED_TRANSFER_SYNTAX = (("application/dicom", "*"),)
+
+
+def download_series_as_stored(client, series_id: str, save_dir: Path) -> None:
+    """Every object of a series, in its stored transfer syntax, saved as ``<SOP Instance UID>.dcm`` in ``save_dir``.
+
+    MONAI Label's ``dicom_web_download_series`` with one difference: the objects are not transcoded by the PACS.
+    """
+    matches = [s for s in client.search_for_series(search_filters={"SeriesInstanceUID": series_id})
+               if s.get("0020000E", {}).get("Value") == [series_id]]
+    if not matches:
+        raise http_error(NOT_FOUND, f"series {series_id} is not in the PACS")
+    study_id = str(Dataset.from_json(matches[0]).StudyInstanceUID)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    for instance in client.retrieve_series(study_id, series_id, media_types=STORED_TRANSFER_SYNTAX):
+        sop_uid = str(instance.SOPInstanceUID)
+        if not is_uid(sop_uid):  # a UID from the PACS becomes a file name: never a path
+            raise http_error(UNPROCESSABLE, f"series {series_id} holds an object whose SOP Instance UID is not a UID")
+        try:
+            instance.save_as(save_dir / f"{sop_uid}.dcm", write_like_original=False)  # pydicom 2: with file meta
+        except ValueError:  # pydicom 2 does not know the transfer syntax (JPEG XL), so neither does GDCM here
+            syntax = str(getattr(getattr(instance, "file_meta", None), "TransferSyntaxUID", "?"))
+            raise http_error(UNPROCESSABLE, f"series {series_id} is stored in transfer syntax {syntax}, which this "
+                             "server cannot decode (the deploy app can: it reads JPEG XL)") from None
+
+
+def is_uid(value: str) -> bool:
+    """Digits and dots, at most 64 characters (the UI value representation)."""
+    return 0 < len(value) <= 64 and all(c.isdigit() or c == "." for c in value)
 
 
 def _pacs_error(base_url: str, exc: Exception):
@@ -72,17 +109,28 @@ class UltrasoundDICOMwebDatastore(DICOMWebDatastore):
         series_dir = Path(self._datastore.image_path()) / image_id
         try:
             if not series_dir.is_dir() or not any(series_dir.iterdir()):
-                dicom_web_download_series(None, image_id, str(series_dir), self._client, self._fetch_by_frame)
+                # downloaded beside, then renamed: a concurrent request never sees a half-downloaded series
+                part = Path(tempfile.mkdtemp(prefix=f".{image_id}.", suffix=".part", dir=series_dir.parent))
+                try:
+                    if self._fetch_by_frame:
+                        dicom_web_download_series(None, image_id, str(part), self._client, True)
+                    else:
+                        download_series_as_stored(self._client, image_id, part)
+                    try:
+                        os.rename(part, series_dir)
+                    except OSError:  # another request stored it first: keep that one
+                        if not series_dir.is_dir():
+                            raise
+                finally:
+                    shutil.rmtree(part, ignore_errors=True)
         except requests.HTTPError as exc:
-            shutil.rmtree(series_dir, ignore_errors=True)  # no half-downloaded series left to be mistaken for whole
             code = exc.response.status_code if exc.response is not None else "?"
             raise http_error(
                 BAD_GATEWAY,
                 f"PACS {self._client.base_url} answered HTTP {code} when asked for series {image_id}: it cannot "
-                "send this object over DICOMweb (e.g. a transfer syntax it cannot transcode, such as JPEG XL)",
+                "send this series over DICOMweb",
             ) from None
         except requests.RequestException as exc:
-            shutil.rmtree(series_dir, ignore_errors=True)
             raise _pacs_error(self._client.base_url, exc) from None
         files = sorted(series_dir.iterdir())
         if len(files) != 1:
