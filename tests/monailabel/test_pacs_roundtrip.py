@@ -143,7 +143,7 @@ def test_jpeg_2000_is_sent_as_stored_and_decoded_by_the_app(server, pacs, data_d
     ds = pydicom.dcmread(data_dir / "dicom" / "pydicom-data" / "US1_J2KI.dcm", stop_before_pixels=True)
     url = (f"{orthanc.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
            f"{ds.SOPInstanceUID}")
-    status, body, headers = http("GET", url, headers={
+    status, body, _ = http("GET", url, headers={
         "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert status == 200, (status, body[:200])
     assert pydicom.uid.JPEG2000.encode() in body  # the stored JPEG 2000 object, not a transcoded copy
