@@ -276,7 +276,7 @@ def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: fl
     """Run UltraAD on image files; per image write ``<stem>_heatmap.nii.gz``, ``<stem>_heatmap.png`` and
     ``<stem>.json`` into ``output_dir``, plus ``predictions.csv`` for all of them."""
     from monai_ultraad import quality
-    from monai_ultraad.engines import PredictionTableWriter, UltraADInferer, ultraad_postprocessing
+    from monai_ultraad.workflows import PredictionTableWriter, UltraADInferer, ultraad_postprocessing
 
     pre = ultraad_preprocessing(model.image_size, model.backbone.mean, model.backbone.std, with_mask=False)
     post = ultraad_postprocessing(str(output_dir), threshold, model.class_names, model.describe(), model.random_weights)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from monai_ultraad.engines.inference import UltraADTensorNet
+from monai_ultraad.workflows.inference import UltraADTensorNet
 from monai_ultraad.io_utils import atomic_write_bytes
 
 

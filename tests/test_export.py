@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_ultraad.engines import UltraADTensorNet
+from monai_ultraad.workflows import UltraADTensorNet
 from monai_ultraad.export import check_outputs, export_program, export_torchscript
 from monai_ultraad.networks import UltraAD
 

@@ -1,20 +1,20 @@
 """MONAI/ignite engines, datasets, handlers and inference pieces for UltraAD (used by the bundle configs)."""
 
-from monai_ultraad.engines.datasets import EvalFeatureDataset, ShotFeatureDataset, collate_eval
-from monai_ultraad.engines.handlers import (
+from monai_ultraad.workflows.datasets import EvalFeatureDataset, ShotFeatureDataset, collate_eval
+from monai_ultraad.workflows.handlers import (
     BestHeadKeeper,
     EvaluationReportWriter,
     FewShotCheckpointSaver,
     UltraADMetric,
 )
-from monai_ultraad.engines.inference import (
+from monai_ultraad.workflows.inference import (
     PredictionTableWriter,
     UltraADInferer,
     UltraADTensorNet,
     output_value,
     ultraad_postprocessing,
 )
-from monai_ultraad.engines.workflows import FewShotEvaluator, FewShotTrainer
+from monai_ultraad.workflows.engines import FewShotEvaluator, FewShotTrainer
 
 __all__ = [
     "BestHeadKeeper",

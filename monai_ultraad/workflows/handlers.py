@@ -24,7 +24,7 @@ from monai_ultraad.engine import (
     save_checkpoint,
     validation_batches,
 )
-from monai_ultraad.engines.datasets import EvalFeatureDataset
+from monai_ultraad.workflows.datasets import EvalFeatureDataset
 from monai_ultraad.io_utils import atomic_write_json
 from monai_ultraad.metrics import UltraADEvaluator
 from monai_ultraad.networks.ultraad import UltraAD

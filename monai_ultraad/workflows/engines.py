@@ -18,7 +18,7 @@ from monai_ultraad.networks.backbone import VisualFeatures
 
 
 class FewShotTrainer(SupervisedTrainer):
-    """Trains the UltraAD head on batches of :class:`~monai_ultraad.engines.ShotFeatureDataset`.
+    """Trains the UltraAD head on batches of :class:`~monai_ultraad.workflows.ShotFeatureDataset`.
 
     Takes :class:`monai.engines.SupervisedTrainer`'s arguments, plus ``precision`` ("fp32" or "bf16", see
     :class:`~monai_ultraad.engine.TrainConfig`); ``decollate`` is off because the batch holds features, not images.
@@ -45,11 +45,11 @@ class FewShotTrainer(SupervisedTrainer):
 
 
 class FewShotEvaluator(SupervisedEvaluator):
-    """Scores :class:`~monai_ultraad.engines.EvalFeatureDataset` batches.
+    """Scores :class:`~monai_ultraad.workflows.EvalFeatureDataset` batches.
 
     ``engine.state.output`` per iteration: ``probs`` (B, C), ``scores`` (B,), ``labels`` (B,), ``maps`` (list of
     (H, W) heatmaps at each image's original size), ``masks`` (matching ground truth) and ``ids``; the
-    :class:`~monai_ultraad.engines.UltraADMetric` and the report writer consume it. ``precision`` "bf16" is for
+    :class:`~monai_ultraad.workflows.UltraADMetric` and the report writer consume it. ``precision`` "bf16" is for
     the per-epoch validation of a bf16 training run (comparing epochs); evaluation proper stays "fp32".
     """
 
