@@ -9,28 +9,22 @@ Each command is a thin face over :mod:`monai_ultraad.engine`. Examples::
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-from monai_ultraad import engine, mvfa_engine
-from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
-from monai_ultraad.data import make_fewshot_split, read_dataset, ultraad_preprocessing
-from monai_ultraad.data.postprocessing import output_stem
-from monai_ultraad.data.transforms import apply_pipeline
+# Only light modules at import time: ``ultraad --help`` must not pay for torch's, open_clip's or MONAI's import (and
+# ``import monai`` also imports the deploy SDK and holoscan, which warn about the stack size). Each command imports
+# what it needs when it runs.
+from monai_ultraad.constants import DEFAULT_BACKBONE, DEFAULT_FEATURE_LAYERS, DEFAULT_PRETRAINED, RANDOM_WEIGHTS_WARNING
 from monai_ultraad.errors import UltraADError
-from monai_ultraad.io_utils import atomic_write_json, atomic_write_text
-from monai_ultraad.metrics import format_mean_std, summarize_over_seeds
-from monai_ultraad.networks import DEFAULT_BACKBONE, DEFAULT_FEATURE_LAYERS, DEFAULT_PRETRAINED, ClipBackbone
-from monai_ultraad.runtime import tune_cpu_allocator
-from monai_ultraad.visualize import plot_prediction_rocs
+
+if TYPE_CHECKING:
+    from monai_ultraad.networks import ClipBackbone
 
 logger = logging.getLogger("monai_ultraad")
 
@@ -46,6 +40,7 @@ REPORT_METRICS = (
     "iou",
     "ece",
 )
+_DEFAULT_LAYERS_TEXT = ",".join(map(str, DEFAULT_FEATURE_LAYERS))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -65,6 +60,8 @@ def _layers(value: Any) -> tuple[int, ...] | None:
 
 def _device(name: str) -> str:
     if name == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
@@ -86,7 +83,7 @@ class UltraADCLI:
         backbone: str = DEFAULT_BACKBONE,
         pretrained: str | None = DEFAULT_PRETRAINED,
         allow_random_init: bool = False,
-        feature_layers: Any = ",".join(map(str, DEFAULT_FEATURE_LAYERS)),
+        feature_layers: Any = _DEFAULT_LAYERS_TEXT,
         epochs: int = 20,
         batch_size: int = 8,
         lr: float = 5e-3,
@@ -112,6 +109,16 @@ class UltraADCLI:
         ``--model mvfa`` trains MVFA instead (its own defaults unless given: 50 epochs, lr 1e-3, 11 views, batch 1;
         ``--zero_shot``: no memory, no views, lr 1e-4; then ``evaluate`` it on an unseen dataset).
         """
+        import numpy as np
+
+        from monai_ultraad import engine
+        from monai_ultraad.data import make_fewshot_split, read_dataset
+        from monai_ultraad.io_utils import atomic_write_json, atomic_write_text
+        from monai_ultraad.metrics import summarize_over_seeds
+        from monai_ultraad.networks import ClipBackbone
+        from monai_ultraad.runtime import tune_cpu_allocator
+        from monai_ultraad.visualize import plot_prediction_rocs
+
         seeds_list = [int(s) for s in _as_list(seeds)]
         items = read_dataset(data_dir, fmt)
         bb = ClipBackbone(backbone, pretrained, _layers(feature_layers), allow_random_init=allow_random_init)
@@ -183,6 +190,11 @@ class UltraADCLI:
         images when the dataset contains the checkpoint's shots (same dataset), else every image (unseen dataset).
         The threshold is the checkpoint's validation threshold unless given.
         """
+        from monai_ultraad import engine, mvfa_engine
+        from monai_ultraad.data import read_dataset
+        from monai_ultraad.io_utils import atomic_write_json
+        from monai_ultraad.visualize import plot_prediction_rocs
+
         if mvfa_engine.is_mvfa_checkpoint(checkpoint):
             return _mvfa_evaluate(locals())
         model, payload = engine.load_checkpoint(
@@ -220,6 +232,8 @@ class UltraADCLI:
         Every JSON states the input gate's flags (``input_quality``: colour Doppler / elastography overlay, calliper
         or annotation marks). ``--refuse_flagged``: a flagged image is not analysed; its JSON says why.
         """
+        from monai_ultraad import engine, mvfa_engine
+
         load = mvfa_engine.load_checkpoint if mvfa_engine.is_mvfa_checkpoint(checkpoint) else engine.load_checkpoint
         model, payload = load(checkpoint, pretrained=pretrained, allow_random_init=allow_random_init, device=_device(device))
         _banner(model.random_weights)
@@ -241,6 +255,9 @@ _FEWSHOT_DEFAULTS = {k: p.default for k, p in inspect.signature(UltraADCLI.fewsh
 
 def _mvfa_fewshot(args: dict, items: list[dict], bb: ClipBackbone, seeds: list[int]) -> dict:
     """``fewshot --model mvfa``: MVFA's own schedule, except what the command line sets explicitly."""
+    from monai_ultraad import mvfa_engine
+    from monai_ultraad.data import make_fewshot_split
+
     given = {k: args[k] for k in ("epochs", "lr") if args[k] != _FEWSHOT_DEFAULTS[k]}
     if args["views"] is not None:
         given["views"] = int(args["views"])
@@ -255,6 +272,10 @@ def _mvfa_fewshot(args: dict, items: list[dict], bb: ClipBackbone, seeds: list[i
 
 
 def _mvfa_evaluate(args: dict) -> dict:
+    from monai_ultraad import engine, mvfa_engine
+    from monai_ultraad.data import read_dataset
+    from monai_ultraad.io_utils import atomic_write_json
+
     model, payload = mvfa_engine.load_checkpoint(args["checkpoint"], pretrained=args["pretrained"],
                                                  allow_random_init=args["allow_random_init"],
                                                  device=_device(args["device"]))
@@ -275,7 +296,12 @@ def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: fl
                    refuse_flagged: bool = False) -> list[dict]:
     """Run UltraAD on image files; per image write ``<stem>_heatmap.nii.gz``, ``<stem>_heatmap.png`` and
     ``<stem>.json`` into ``output_dir``, plus ``predictions.csv`` for all of them."""
+    from tqdm.auto import tqdm
+
     from monai_ultraad import quality
+    from monai_ultraad.data import ultraad_preprocessing
+    from monai_ultraad.data.postprocessing import output_stem
+    from monai_ultraad.data.transforms import apply_pipeline
     from monai_ultraad.workflows import PredictionTableWriter, UltraADInferer, ultraad_postprocessing
 
     pre = ultraad_preprocessing(model.image_size, model.backbone.mean, model.backbone.std, with_mask=False)
@@ -304,6 +330,8 @@ def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: fl
 
 
 def _subsample(items: list[dict], n: int, seed: int) -> list[dict]:
+    import numpy as np
+
     if n >= len(items):
         return items
     rng = np.random.default_rng(seed)
@@ -311,6 +339,8 @@ def _subsample(items: list[dict], n: int, seed: int) -> list[dict]:
 
 
 def _markdown_table(summary: dict, shots: int, n_seeds: int, bb: ClipBackbone) -> str:
+    from monai_ultraad.metrics import format_mean_std
+
     lines = [f"UltraAD, k={shots} shots per class, {n_seeds} seed(s), backbone {bb.model_name} ({bb.weights_id})", ""]
     if bb.random_weights:
         lines += [f"**{RANDOM_WEIGHTS_WARNING}**", ""]
@@ -321,14 +351,111 @@ def _markdown_table(summary: dict, shots: int, n_seeds: int, bb: ClipBackbone) -
     return "\n".join(lines) + "\n"
 
 
+#: Help text of every flag (the same flag means the same thing in every command).
+FLAG_HELP: dict[str, str] = {
+    "data_dir": "dataset folder or file: BUS-UCLM, BUS-BRA or BUSI layout, a labels CSV or a MONAI datalist JSON",
+    "fmt": "dataset layout: auto (detect), labels_csv, busi, bus_uclm, bus_bra or datalist",
+    "shots": "training images per class (normal, benign, malignant)",
+    "seeds": "comma-separated seeds; one few-shot split, model and test run per seed",
+    "backbone": "open_clip model name of the CLIP backbone (UltraAD-Tiny-ViT: tiny random one for tests)",
+    "pretrained": "pretrained weights: an open_clip tag, a weight file, or random (needs --allow_random_init)",
+    "allow_random_init": "allow a randomly initialised backbone; every output is then marked RANDOM WEIGHTS",
+    "feature_layers": "comma-separated 1-based backbone blocks whose patch tokens are adapted, or auto",
+    "epochs": "training epochs (the best one on validation images is kept)",
+    "batch_size": "training batch size",
+    "lr": "learning rate (AdamW)",
+    "precision": "training precision: fp32 or bf16 (bf16 is slow on CPUs without AVX512-BF16)",
+    "split_seed": "seed of the patient-disjoint train / test split",
+    "test_fraction": "fraction of patients held out for testing",
+    "max_val_per_class": "validation images per class taken from the training pool (None: all)",
+    "max_test": "test on at most this many test images, drawn with --split_seed (None: all)",
+    "output_dir": "folder the outputs are written to",
+    "cache_dir": "folder of the cached backbone features (default: a cache beside the dataset)",
+    "device": "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...",
+    "progress": "show progress bars (True / False)",
+    "model": "method: ultraad, or mvfa (the MVFA baseline)",
+    "zero_shot": "mvfa only: zero-shot schedule (no memory, no views, lr 1e-4)",
+    "views": "mvfa only: augmented views per training image (default: MVFA's 11)",
+    "checkpoint": "model.pt written by fewshot (or the bundle / MONAI Label trainer)",
+    "split": "images to evaluate: test (the checkpoint's recorded test images), all, or auto",
+    "threshold": "heatmap threshold (default: the checkpoint's, chosen on validation images)",
+    "images": "image files, a comma-separated list of them, or a folder",
+    "refuse_flagged": "do not analyse images the input gate flags (Doppler, elastography, marks); say why instead",
+}
+
+_TYPES = {"int": int, "float": float}
+
+
+def _none_or(kind: type):
+    """``kind``, or None for the word None (as the flags took it before)."""
+
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, not {text!r}")
+
+
+def _add_flags(parser: argparse.ArgumentParser, method: Any) -> None:
+    """One flag per parameter of ``method``, typed from its annotation, with :data:`FLAG_HELP` as its help."""
+    for name, param in inspect.signature(method).parameters.items():
+        if name == "self":
+            continue
+        annotation, default = str(param.annotation), param.default
+        required = default is inspect.Parameter.empty
+        kwargs: dict[str, Any] = {"dest": name, "help": FLAG_HELP[name]}
+        if annotation == "bool":
+            # ``--flag`` alone means True; ``--flag False`` is accepted too.
+            kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
+        else:
+            base = annotation.replace(" | None", "")
+            kind = _TYPES.get(base, str)
+            kwargs["type"] = _none_or(kind) if "None" in annotation or base == "Any" else kind
+        if required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+            kwargs["help"] += " (default: %(default)s)"
+        parser.add_argument(f"--{name}", **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ultraad`` argument parser: one sub-command per public method of :class:`UltraADCLI`."""
+    parser = argparse.ArgumentParser(
+        prog="ultraad", description=UltraADCLI.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'ultraad COMMAND --help' for the flags of a command.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        method = getattr(UltraADCLI, name)
+        doc = inspect.getdoc(method) or ""
+        sub = commands.add_parser(name, help=doc.split("\n")[0], description=doc,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_flags(sub, method)
+    return parser
+
+
+#: The sub-commands, in the order ``ultraad --help`` lists them.
+COMMANDS = ("fewshot", "evaluate", "predict")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``ultraad`` console script; errors become one clear line and exit code 2."""
-    import fire
-
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        # serialize: the commands print their own tables; do not dump return values
-        fire.Fire(UltraADCLI, command=list(argv) if argv is not None else None, name="ultraad", serialize=lambda _: None)
+        # The commands print their own tables; their return values are for callers in Python.
+        getattr(UltraADCLI(), command)(**args)
     except UltraADError as exc:
         print(f"ultraad: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -21,3 +21,9 @@ RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: the CLIP backbone was randomly initialised, not loaded from pretrained weights; "
     "outputs are not meaningful and must not be used clinically"
 )
+
+#: The CLIP backbone of the paper (open_clip name), its pretrained tag and the blocks whose patch tokens are adapted
+#: (paper default for ViT-L, 24 blocks; 1-based block numbers).
+DEFAULT_BACKBONE = "ViT-L-14-336"
+DEFAULT_PRETRAINED = "openai"
+DEFAULT_FEATURE_LAYERS: tuple[int, ...] = (6, 12, 18, 24)

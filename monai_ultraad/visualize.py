@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from monai_ultraad.arrays import as_numpy
 from monai_ultraad.io_utils import atomic_write_bytes
 
 __all__ = [
@@ -43,17 +44,9 @@ _CAPTION_BG = (32, 32, 32)
 _CAPTION_FG = (240, 240, 240)
 
 
-def _np(x: Any) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor
-        x = x.detach().cpu()
-        # bfloat16 has no numpy equivalent; other dtypes convert as they are
-        x = x.float().numpy() if str(x.dtype) == "torch.bfloat16" else x.numpy()
-    return np.asarray(x)
-
-
 def _to_rgb_uint8(image: Any) -> np.ndarray:
     """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 / bool / float in [0, 1] -> uint8 (H, W, 3)."""
-    img = _np(image)
+    img = as_numpy(image)
     if img.ndim == 3 and img.shape[2] in (1, 3, 4):
         img = img[..., :3]
         if img.shape[2] == 1:
@@ -80,7 +73,7 @@ def _to_rgb_uint8(image: Any) -> np.ndarray:
 
 
 def _as_heatmap(heatmap: Any, shape: tuple[int, int]) -> np.ndarray:
-    h = _np(heatmap).astype(np.float64)
+    h = as_numpy(heatmap).astype(np.float64)
     if h.ndim == 3 and h.shape[0] == 1:
         h = h[0]
     if h.shape != shape:
@@ -141,7 +134,7 @@ def overlay_heatmap(
     if threshold is not None:
         out[_boundary(heat >= threshold, thickness)] = pred_color
     if contour_mask is not None:
-        gt = _np(contour_mask)
+        gt = as_numpy(contour_mask)
         if gt.ndim == 3 and gt.shape[0] == 1:
             gt = gt[0]
         if gt.shape != (h, w):
@@ -315,8 +308,8 @@ def plot_roc_curves(
               for i in range(len(curves))] if many else [{} for _ in curves]
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (0.500)")
     for style, (name, (targets, scores)) in zip(styles, curves.items()):
-        t = _np(targets).reshape(-1).astype(np.int64)
-        s = _np(scores).reshape(-1).astype(np.float64)
+        t = as_numpy(targets).reshape(-1).astype(np.int64)
+        s = as_numpy(scores).reshape(-1).astype(np.float64)
         if t.shape != s.shape:
             raise ValueError(f"curve {name!r}: targets shape {t.shape} does not match scores shape {s.shape}")
         if np.unique(t).size < 2:

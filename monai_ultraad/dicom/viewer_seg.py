@@ -45,27 +45,26 @@ from monai_ultraad.dicom.slicer_seg import write_slicer_segmentation
 
 # The source-faithful writers' helpers are reused so that both SEG kinds carry the same segment, algorithm, equipment,
 # time stamps and output-path rules.
-from monai_ultraad.dicom.writers import (
+from monai_ultraad.dicom.writers.common import (
     MANUFACTURER,
     AlgorithmInfo,
+    PredictionLike,
     UIDFactory,
-    _check_source,
-    _checked_predictions,
-    _for_highdicom,
-    _frames_referenceable,
-    _is_multiframe,
-    _lo,
-    _no_patient_data_in_warnings,
-    _output_path,
-    _PredictionLike,
-    _restore_source_sop_class,
-    _segment_description,
-    _set_deterministic_dimension_uid,
-    _software_versions,
-    _stamp_creation_time,
-    _time_kwargs,
-    _write,
+    check_source,
+    checked_predictions,
+    frames_referenceable,
+    header_for_highdicom,
+    is_multiframe,
+    no_patient_data_in_warnings,
+    output_path,
+    restore_source_sop_class,
+    software_versions,
+    stamp_creation_time,
+    time_kwargs,
+    truncate_lo,
+    write_dataset,
 )
+from monai_ultraad.dicom.writers.seg import segment_description, set_deterministic_dimension_uid
 from monai_ultraad.errors import InputDataError
 
 __all__ = ["DISPLAY_GEOMETRY_NOTE", "display_pixel_spacing_mm", "write_viewer_segmentations"]
@@ -151,21 +150,21 @@ class _DisplayGeometrySegmentation(hd.seg.Segmentation):
 
 def _display_header(source: Dataset, frame_of_reference_uid: str) -> Dataset:
     """Header-only copy of the source with the new Frame of Reference (highdicom copies it into the SEG)."""
-    header = _for_highdicom(source)  # conformant values; a retired SOP class looked up as the current one
+    header = header_for_highdicom(source)  # conformant values; a retired SOP class looked up as the current one
     header.FrameOfReferenceUID = frame_of_reference_uid
     header.PositionReferenceIndicator = None  # Type 2: no anatomical reference point
     # highdicom decides "patient coordinate system" from a position at the root; the SEG's own geometry is set in
     # _DisplayGeometrySegmentation, these values are not copied.
     header.ImagePositionPatient = [0.0, 0.0, 0.0]
     header.ImageOrientationPatient = list(DISPLAY_ORIENTATION)
-    if _is_multiframe(source):
+    if is_multiframe(source):
         header.NumberOfFrames = 1  # one frame per viewer SEG; the frame reference is built from the real number
     return header
 
 
 def write_viewer_segmentations(
     source: Dataset,
-    predictions: Sequence[_PredictionLike],
+    predictions: Sequence[PredictionLike],
     threshold: float,
     output_dir: str | os.PathLike[str],
     algorithm: AlgorithmInfo,
@@ -191,13 +190,13 @@ def write_viewer_segmentations(
         Otherwise the paths written, per prediction in source frame order: ``seg_viewer_<SOPInstanceUID>.dcm`` (and its
         ``.seg.nrrd``); one prediction for a single-frame source.
     """
-    _check_source(source)
+    check_source(source)
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputDataError(f"threshold must lie in [0, 1], got {threshold}")
     if hd.spatial.get_image_coordinate_system(source) is not None:
         logger.info("source has a Frame of Reference: its source-faithful SEGs display as they are; no viewer SEG")
         return []
-    preds = _checked_predictions(source, predictions)
+    preds = checked_predictions(source, predictions)
     spacing = display_pixel_spacing_mm(source)
     calibrated = spacing is not None
     row_mm, col_mm = spacing if calibrated else (1.0, 1.0)
@@ -208,7 +207,7 @@ def write_viewer_segmentations(
         coordinate_system=hd.CoordinateSystemNames.PATIENT, image_orientation=DISPLAY_ORIENTATION
     )
     source_uid = source.SOPInstanceUID
-    multiframe = _is_multiframe(source)
+    multiframe = is_multiframe(source)
     header = _display_header(source, uids.new("viewer-seg-frame-of-reference", source_uid))
     series_uid = uids.new("seg-viewer-series", source_uid)
     tracking_uid = uids.new("lesion-tracking", source_uid)  # the same lesion as in the source-faithful SEGs
@@ -222,15 +221,15 @@ def write_viewer_segmentations(
     for instance, p in enumerate(preds, start=1):
         frame = int(p.frame_number)
         mask = (np.clip(np.asarray(p.heatmap, dtype=np.float32), 0.0, 1.0) >= float(threshold)).astype(np.uint8)
-        description = hd.seg.SegmentDescription.from_dataset(_segment_description(algorithm, tracking_uid))
-        # highdicom's display_color parameter is not used by the shared _segment_description: set here (red).
+        description = hd.seg.SegmentDescription.from_dataset(segment_description(algorithm, tracking_uid))
+        # highdicom's display_color parameter is not used by the shared segment_description: set here (red).
         description.RecommendedDisplayCIELabValue = list(hd.color.CIELabColor.from_string("red").value)
         if multiframe:
             description.SegmentDescription = f"Lesion, source frame {frame}"
-        with _no_patient_data_in_warnings():
+        with no_patient_data_in_warnings():
             seg = _DisplayGeometrySegmentation(
                 # frame numbers only for multi-frame SOP classes (PS3.3 10.3); the description names the frame
-                source_frame_number=frame if multiframe and _frames_referenceable(source) else None,
+                source_frame_number=frame if multiframe and frames_referenceable(source) else None,
                 source_images=[header],
                 pixel_array=mask[np.newaxis],
                 segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -240,23 +239,23 @@ def write_viewer_segmentations(
                 sop_instance_uid=uids.new("seg-viewer-sop", source_uid, frame),
                 instance_number=instance,
                 manufacturer=MANUFACTURER,
-                manufacturer_model_name=_lo(algorithm.display_name),
-                software_versions=_software_versions(algorithm),
-                device_serial_number=_lo(algorithm.weights_id),
-                content_description=_lo(
+                manufacturer_model_name=truncate_lo(algorithm.display_name),
+                software_versions=software_versions(algorithm),
+                device_serial_number=truncate_lo(algorithm.weights_id),
+                content_description=truncate_lo(
                     f"Lesion mask{f' of source frame {frame}' if multiframe else ''}, {DISPLAY_GEOMETRY_NOTE}"
                 ),
                 content_label="LESION_VIEW",
-                series_description=_lo(series_description),
+                series_description=truncate_lo(series_description),
                 plane_orientation=orientation,
                 pixel_measures=pixel_measures,
                 omit_empty_frames=False,  # an empty mask is an answer too ("no lesion here")
-                **_time_kwargs(when),
+                **time_kwargs(when),
             )
-        _restore_source_sop_class(seg, source)  # references name the source's real (possibly retired) class
+        restore_source_sop_class(seg, source)  # references name the source's real (possibly retired) class
         _finish(seg, source, algorithm, uids, frame, when, calibrated)
-        path = _output_path(output_dir, "seg_viewer", seg.SOPInstanceUID)
-        paths.append(_write(seg, path))
+        path = output_path(output_dir, "seg_viewer", seg.SOPInstanceUID)
+        paths.append(write_dataset(seg, path))
         if slicer_files:
             paths.append(write_slicer_segmentation(mask, path.with_suffix(".seg.nrrd"), spacing))
     logger.info("wrote %d viewer SEG(s) (%s) to %s", len(preds), calibration, Path(output_dir))
@@ -274,8 +273,8 @@ def _finish(
 ) -> None:
     """The attributes highdicom has no parameter for (same choices as the source-faithful SEGs)."""
     if uids.deterministic:
-        _set_deterministic_dimension_uid(seg, uids.new("seg-viewer-dimension-organization", source.SOPInstanceUID, frame))
-    _stamp_creation_time(seg, when)
+        set_deterministic_dimension_uid(seg, uids.new("seg-viewer-dimension-organization", source.SOPInstanceUID, frame))
+    stamp_creation_time(seg, when)
     if "ContentCreatorName" not in seg:
         seg.ContentCreatorName = None  # Type 2 in DCMTK's (dcmqi's) Content Identification: no person to name
     comments = [

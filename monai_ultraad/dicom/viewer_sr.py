@@ -27,29 +27,31 @@ from scipy.spatial import ConvexHull, QhullError
 
 from monai_ultraad.constants import CLASS_NAMES
 from monai_ultraad.dicom.source_header import iod_sop_class
-from monai_ultraad.dicom.writers import (
-    _PROBABILITY_CONCEPTS,
+from monai_ultraad.dicom.writers.codes import (
     LOCAL_CODING_SCHEME,
-    MANUFACTURER,
-    AlgorithmInfo,
-    UIDFactory,
-    _check_source,
-    _checked_predictions,
-    _for_highdicom,
-    _frames_referenceable,
-    _is_multiframe,
-    _lesion_category,
-    _lesion_type,
-    _lo,
-    _no_patient_data_in_warnings,
-    _output_path,
-    _PredictionLike,
-    _restore_source_sop_class,
-    _stamp_creation_time,
-    _time_kwargs,
-    _write,
+    PROBABILITY_CONCEPTS,
     class_code,
     concept,
+    lesion_category,
+    lesion_type,
+)
+from monai_ultraad.dicom.writers.common import (
+    MANUFACTURER,
+    AlgorithmInfo,
+    PredictionLike,
+    UIDFactory,
+    check_source,
+    checked_predictions,
+    frames_referenceable,
+    header_for_highdicom,
+    is_multiframe,
+    no_patient_data_in_warnings,
+    output_path,
+    restore_source_sop_class,
+    stamp_creation_time,
+    time_kwargs,
+    truncate_lo,
+    write_dataset,
 )
 
 __all__ = ["lesion_outline", "write_viewer_report"]
@@ -79,7 +81,7 @@ def lesion_outline(mask: np.ndarray) -> np.ndarray | None:
 
 def write_viewer_report(
     source: Dataset,
-    predictions: Sequence[_PredictionLike],
+    predictions: Sequence[PredictionLike],
     threshold: float,
     output_dir: str | os.PathLike[str],
     algorithm: AlgorithmInfo,
@@ -91,10 +93,10 @@ def write_viewer_report(
     Returns:
         Path of ``sr_viewer_<SOPInstanceUID>.dcm`` inside ``output_dir``.
     """
-    _check_source(source)
-    preds = _checked_predictions(source, predictions)
+    check_source(source)
+    preds = checked_predictions(source, predictions)
     algorithm_id = algorithm.sr_identification()
-    multiframe = _is_multiframe(source)
+    multiframe = is_multiframe(source)
     groups = []
     for p in preds:
         frame = int(p.frame_number)
@@ -108,14 +110,14 @@ def write_viewer_report(
             graphic_data=outline,
             source_image=hd.sr.SourceImageForRegion(
                 # highdicom looks the class up in its IOD tables (current classes only); the source's real class is
-                # put back by _restore_source_sop_class below
+                # put back by restore_source_sop_class below
                 referenced_sop_class_uid=iod_sop_class(source.SOPClassUID),
                 referenced_sop_instance_uid=source.SOPInstanceUID,
-                referenced_frame_numbers=[frame] if multiframe and _frames_referenceable(source) else None,
+                referenced_frame_numbers=[frame] if multiframe and frames_referenceable(source) else None,
             ),
         )
         measurements = [
-            hd.sr.Measurement(name=concept(_PROBABILITY_CONCEPTS[predicted]), value=float(p.class_probs[predicted]),
+            hd.sr.Measurement(name=concept(PROBABILITY_CONCEPTS[predicted]), value=float(p.class_probs[predicted]),
                               unit=codes.UCUM.Ratio, algorithm_id=algorithm_id),
             hd.sr.Measurement(name=concept("ANOMALY-SCORE"), value=float(p.anomaly_score), unit=codes.UCUM.NoUnits,
                               algorithm_id=algorithm_id),
@@ -123,11 +125,11 @@ def write_viewer_report(
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uids.new("viewer-roi-tracking", source.SOPInstanceUID, frame),
-                identifier=_lo(f"UltraAD lesion ({predicted}), frame {frame}"),
+                identifier=truncate_lo(f"UltraAD lesion ({predicted}), frame {frame}"),
             ),
             referenced_region=region,
-            finding_type=_lesion_type(),
-            finding_category=_lesion_category(),
+            finding_type=lesion_type(),
+            finding_category=lesion_category(),
             algorithm_id=algorithm_id,
             finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Breast)],
             measurements=measurements,
@@ -139,7 +141,7 @@ def write_viewer_report(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=algorithm.device_uid(), name=_lo(algorithm.display_name), manufacturer_name=MANUFACTURER,
+            uid=algorithm.device_uid(), name=truncate_lo(algorithm.display_name), manufacturer_name=MANUFACTURER,
         ),
     )
     report = hd.sr.MeasurementReport(
@@ -149,9 +151,9 @@ def write_viewer_report(
     )
     when = uids.now()
     description = "UltraAD lesion outline" + (" (RANDOM WEIGHTS)" if algorithm.random_weights else "") + ", for viewers"
-    with _no_patient_data_in_warnings():
+    with no_patient_data_in_warnings():
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[_for_highdicom(source)],
+            evidence=[header_for_highdicom(source)],
             content=report,
             series_instance_uid=uids.new("sr-viewer-series", source.SOPInstanceUID),
             series_number=series_number,
@@ -161,16 +163,16 @@ def write_viewer_report(
             is_complete=True,
             is_final=False,
             is_verified=False,
-            series_description=_lo(description),
+            series_description=truncate_lo(description),
             coding_schemes=[CodingSchemeIdentificationItem(
                 designator=LOCAL_CODING_SCHEME, name="UltraAD local concepts",
                 responsible_organization="monai_ultraad developers",
             )],
-            **_time_kwargs(when),
+            **time_kwargs(when),
         )
-    _restore_source_sop_class(sr, source)  # the evidence names the source's real (possibly retired) class
-    _stamp_creation_time(sr, when)
-    path = _output_path(output_dir, "sr_viewer", sr.SOPInstanceUID)
-    _write(sr, path)
+    restore_source_sop_class(sr, source)  # the evidence names the source's real (possibly retired) class
+    stamp_creation_time(sr, when)
+    path = output_path(output_dir, "sr_viewer", sr.SOPInstanceUID)
+    write_dataset(sr, path)
     logger.info("wrote viewer report with %d outlined lesion(s) to %s", len(groups), path)
     return path

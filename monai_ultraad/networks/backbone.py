@@ -22,15 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
+# The defaults live in constants so that the CLI can show them in --help without importing open_clip.
+from monai_ultraad.constants import DEFAULT_BACKBONE, DEFAULT_FEATURE_LAYERS, DEFAULT_PRETRAINED, RANDOM_WEIGHTS_WARNING
 from monai_ultraad.errors import WeightsError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "ViT-L-14-336"
-DEFAULT_PRETRAINED = "openai"
-#: Paper default for ViT-L (24 blocks); 1-based block numbers.
-DEFAULT_FEATURE_LAYERS = (6, 12, 18, 24)
 #: A 4-block randomly initialised CLIP shipped with the package for tests and smoke runs.
 TINY_BACKBONE = "UltraAD-Tiny-ViT"
 

@@ -19,13 +19,14 @@ import pytest
 
 from monai_ultraad.constants import CLASS_NAMES
 from monai_ultraad.data import default_data_dir
-from monai_ultraad.dicom import writers
 from monai_ultraad.dicom.writers import (
     NOT_FOR_DIAGNOSIS_NOTE,
     AlgorithmInfo,
     FramePrediction,
     UIDFactory,
     class_code,
+    codes,
+    common,
     concept,
     ultrasound_pixel_spacing_mm,
     write_overlay,
@@ -203,7 +204,7 @@ def _check_report(source, preds, report: Path, binary: Path) -> None:
     multiframe = "NumberOfFrames" in source
     for group, p in zip(groups, preds):
         values = {m.name.value: m.value for m in group.get_measurements()}
-        for c, code in writers._PROBABILITY_CONCEPTS.items():
+        for c, code in codes.PROBABILITY_CONCEPTS.items():
             assert values[concept(code).value] == pytest.approx(p.class_probs[c], abs=1e-9)
         assert values["ANOMALY-SCORE"] == pytest.approx(p.anomaly_score, abs=1e-9)
         assert values["122411"] == pytest.approx(THRESHOLD)  # DCM "Threshold Value"
@@ -473,7 +474,7 @@ def test_class_codes_are_the_documented_snomed_codes():
 
 
 def test_output_path_refuses_non_uids(tmp_path):
-    assert writers._output_path(tmp_path, "sr", "1.2.3").parent == tmp_path.resolve()
+    assert common.output_path(tmp_path, "sr", "1.2.3").parent == tmp_path.resolve()
     for bad in ("../1.2", "1.2/3", "1..2", "", "1.2.3 ", "a.b"):
         with pytest.raises(ValueError):
-            writers._output_path(tmp_path, "sr", bad)
+            common.output_path(tmp_path, "sr", bad)

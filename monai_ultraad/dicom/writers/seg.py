@@ -1,0 +1,319 @@
+"""Lesion SEGs of UltraAD: a FRACTIONAL (PROBABILITY) SEG of the heatmap and a BINARY SEG of ``heatmap >= threshold``.
+
+Ultrasound without a Frame of Reference
+---------------------------------------
+Ultrasound images have no Frame of Reference and no plane position/orientation, so a SEG of them can only be tied to
+its source pixel-for-pixel through the frame references of the Derivation Image Sequence (PS3.3 A.51.5.1).
+highdicom 0.28 supports that for a *single* source frame only: for an Ultrasound Multi-frame source it raises
+``ValueError: Only a single frame is supported when the source image has no Frame of Reference UID.`` (and with a
+one-frame multi-frame source it fails looking for the Shared Functional Groups Sequence that only enhanced
+multi-frame objects have). For multi-frame sources this module therefore subclasses
+:class:`highdicom.seg.Segmentation` and replaces exactly one step, the spatial preparation, so that every SEG frame
+references its own source frame (``ReferencedFrameNumber``); everything else (segment description, pixel encoding,
+functional groups, references) is still highdicom's. Because the frames then differ in nothing highdicom indexes, a
+second dimension, Frame Label (Frame Content Sequence), is added so that every frame has a unique Dimension Index
+Values pair (segment, source frame).
+
+dcmqi (and so 3D Slicer's DICOM SEG import) cannot convert such SEGs: it builds an ITK volume and needs patient
+geometry (``Plane Orientation (Patient) is missing, cannot parse input`` / ``ERROR: Failed to get image
+directions!``). Inventing a Frame of Reference and positions here would make the source-faithful SEG claim a patient
+coordinate system the source does not have, so this module does not; and because PS3.3 Table A.51-2 allows Pixel
+Measures only with a Frame of Reference (highdicom's ``segread`` refuses them otherwise), these SEGs carry none. The
+region's physical spacing goes into the SR (lesion area) and into the *viewer SEG* of
+:mod:`monai_ultraad.dicom.viewer_seg`, which places the mask in the display geometry Slicer and OHIF use.
+
+Nothing here logs patient or study attributes; only generated UIDs appear in file names and log lines.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
+from monai_ultraad.dicom.writers.codes import lesion_category, lesion_type
+from monai_ultraad.dicom.writers.common import (
+    MANUFACTURER,
+    NOT_FOR_CLINICAL_USE,
+    SEGMENT_NUMBER,
+    AlgorithmInfo,
+    PredictionLike,
+    UIDFactory,
+    check_source,
+    checked_predictions,
+    frames_referenceable,
+    header_for_highdicom,
+    is_multiframe,
+    no_patient_data_in_warnings,
+    number_of_frames,
+    output_path,
+    restore_source_sop_class,
+    software_versions,
+    stamp_creation_time,
+    time_kwargs,
+    truncate_lo,
+    write_dataset,
+)
+from monai_ultraad.errors import InputDataError
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Segmentations
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _SourceFrameSegmentation(hd.seg.Segmentation):
+    """A highdicom Segmentation of selected frames of a multi-frame source without a Frame of Reference.
+
+    highdicom 0.28 builds a SEG of a source without Frame of Reference from one source frame only (see the module
+    docstring). Its constructor gets spatial metadata from one overridable step, ``_prepare_spatial_metadata``; this
+    class answers that step for the no-coordinate-system case with one plane per SEG frame, no positions or
+    orientation (none exist), the caller's pixel measures, and a Derivation Image item naming the source frame of each
+    SEG frame. highdicom is handed a header-only copy of the source whose Number of Frames is 1, which passes its
+    single-frame check; the frame references are built here from the real frame numbers.
+    """
+
+    def __init__(self, *, source_frame_numbers: Sequence[int], **kwargs: Any) -> None:
+        # Set before super().__init__, which calls _prepare_spatial_metadata; a private name stays out of the dataset.
+        self._ultraad_source_frames = [int(f) for f in source_frame_numbers]
+        super().__init__(**kwargs)
+
+    def _prepare_spatial_metadata(self, **kwargs: Any):  # type: ignore[override]
+        if self._coordinate_system is not None:  # the source has geometry after all: highdicom knows what to do
+            return super()._prepare_spatial_metadata(**kwargs)
+        source = kwargs["source_images"][0]
+        n_planes = int(kwargs["number_of_planes"])
+        if tuple(kwargs["frame_shape"]) != (int(source.Rows), int(source.Columns)):
+            raise ValueError("without a Frame of Reference, SEG frames must have the source frame size")
+        if n_planes != len(self._ultraad_source_frames):
+            raise ValueError(f"{n_planes} planes for {len(self._ultraad_source_frames)} source frames")
+        derivation_items = [
+            [self._get_derivation_source_image_item(source_image=source, frame_number=f, locations_preserved=True)]
+            for f in self._ultraad_source_frames
+        ]
+        return (
+            [None] * n_planes,  # no plane positions: there is no coordinate system to place them in
+            None,  # no plane orientation, for the same reason
+            None,  # no pixel measures: not allowed without a Frame of Reference
+            np.empty((0,)),
+            np.empty((0,)),
+            np.arange(n_planes),  # SEG frames in the order of the source frames
+            derivation_items,
+        )
+
+
+def _check_highdicom_hooks() -> None:
+    """Fail clearly if highdicom no longer has the private steps _SourceFrameSegmentation relies on."""
+    needed = ("_prepare_spatial_metadata", "_get_derivation_source_image_item", "_init_multiframe_image")
+    missing = [name for name in needed if not hasattr(hd.seg.Segmentation, name)]
+    if missing:
+        raise RuntimeError(
+            f"highdicom {hd.__version__} lacks {missing}: SEGs of multi-frame sources without Frame of Reference were "
+            "written with highdicom 0.28; check monai_ultraad.dicom.writers.seg._SourceFrameSegmentation against it"
+        )
+
+
+def _add_source_frame_dimension(seg: Dataset, uids: UIDFactory) -> None:
+    """Index the SEG frames by source frame: Frame Label dimension + unique Dimension Index Values per frame.
+
+    highdicom has no API to add a dimension; the attributes are set through pydicom keywords. The label dimension
+    (Frame Content Sequence > Frame Label) is what highdicom itself uses when nothing spatial can index frames.
+    """
+    organization_uid = seg.DimensionOrganizationSequence[0].DimensionOrganizationUID
+    index = Dataset()
+    index.DimensionOrganizationUID = organization_uid
+    index.DimensionIndexPointer = Tag("FrameLabel")
+    index.FunctionalGroupPointer = Tag("FrameContentSequence")
+    index.DimensionDescriptionLabel = "Source frame"
+    seg.DimensionIndexSequence.append(index)
+    for position, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        source_frame = int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        content = item.FrameContentSequence[0]
+        # highdicom indexed the segment only (one value, 1); the source-frame index follows it.
+        content.DimensionIndexValues = [SEGMENT_NUMBER, position]
+        content.FrameLabel = f"source frame {source_frame}"
+
+
+def _drop_frame_numbers_of_single_frame_class(seg: Dataset) -> None:
+    """Remove the source frame numbers of the Derivation Image references of a source whose SOP class is single-frame.
+
+    Referenced Frame Number "shall not be present" for a Referenced SOP Class that is not multi-frame (dciodvfy reports
+    it as an error); the Frame Label added by :func:`_add_source_frame_dimension` still says which frame each SEG
+    frame shows. highdicom has no option for this, hence the keyword edit.
+    """
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in item.get("DerivationImageSequence", []):
+            for reference in derivation.get("SourceImageSequence", []):
+                if "ReferencedFrameNumber" in reference:
+                    del reference.ReferencedFrameNumber
+
+
+def set_deterministic_dimension_uid(seg: Dataset, uid: str) -> None:
+    """Replace the Dimension Organization UID highdicom draws at random (reproducible files need every UID fixed)."""
+    seg.DimensionOrganizationSequence[0].DimensionOrganizationUID = uid
+    for item in seg.DimensionIndexSequence:
+        item.DimensionOrganizationUID = uid
+
+
+def segment_description(algorithm: AlgorithmInfo, tracking_uid: str) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=SEGMENT_NUMBER,
+        segment_label="Lesion",
+        segmented_property_category=lesion_category(),
+        segmented_property_type=lesion_type(),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm.segmentation_identification(),
+        tracking_uid=tracking_uid,
+        tracking_id="UltraAD lesion",
+    )
+
+
+def _build_segmentation(
+    source: Dataset,
+    frame_numbers: list[int],
+    pixel_array: np.ndarray,
+    segmentation_type: hd.seg.SegmentationTypeValues,
+    algorithm: AlgorithmInfo,
+    uids: UIDFactory,
+    series_number: int,
+    when: _dt.datetime,
+    tracking_uid: str,
+) -> hd.seg.Segmentation:
+    kind = segmentation_type.value.lower()
+    source_uid = source.SOPInstanceUID
+    series_uid = uids.new(f"seg-{kind}-series", source_uid)
+    sop_uid = uids.new(f"seg-{kind}-sop", source_uid)
+    description = "UltraAD lesion probability" if kind == "fractional" else "UltraAD lesion mask"
+    if algorithm.random_weights:
+        description += " (RANDOM WEIGHTS)"
+    arguments: dict[str, Any] = dict(
+        pixel_array=pixel_array,
+        segmentation_type=segmentation_type,
+        segment_descriptions=[segment_description(algorithm, tracking_uid)],
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=truncate_lo(algorithm.display_name),
+        software_versions=software_versions(algorithm),
+        device_serial_number=truncate_lo(algorithm.weights_id),
+        content_description=truncate_lo(description),
+        content_label="LESION" if kind == "binary" else "LESION_PROB",
+        series_description=truncate_lo(description),
+        # No pixel_measures: without a Frame of Reference the Pixel Measures macro is not allowed (module docstring);
+        # a source with one has its own, which highdicom copies.
+        # The binary SEG keeps a frame for every predicted source frame so that SR groups and frames line up; the
+        # fractional one may drop all-zero frames (a reader gets zeros for them either way).
+        omit_empty_frames=segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL,
+        **time_kwargs(when),
+    )
+    if segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL:
+        arguments["fractional_type"] = hd.seg.SegmentationFractionalTypeValues.PROBABILITY
+        arguments["max_fractional_value"] = 255
+
+    if is_multiframe(source) and hd.spatial.get_image_coordinate_system(source) is None:
+        _check_highdicom_hooks()
+        header = header_for_highdicom(source)
+        header.NumberOfFrames = 1  # see _SourceFrameSegmentation: passes highdicom's single-frame check
+        with no_patient_data_in_warnings():
+            seg: hd.seg.Segmentation = _SourceFrameSegmentation(
+                source_frame_numbers=frame_numbers, source_images=[header], **arguments
+            )
+        _add_source_frame_dimension(seg, uids)
+        if not frames_referenceable(source):
+            _drop_frame_numbers_of_single_frame_class(seg)
+    else:
+        if is_multiframe(source) and frame_numbers != list(range(1, number_of_frames(source) + 1)):
+            # highdicom copies one plane position per source frame; it cannot skip frames of a source with geometry.
+            raise InputDataError("a multi-frame source with a Frame of Reference needs a prediction for every frame")
+        with no_patient_data_in_warnings():
+            seg = hd.seg.Segmentation(source_images=[header_for_highdicom(source)], **arguments)
+    restore_source_sop_class(seg, source)
+
+    if uids.deterministic:
+        set_deterministic_dimension_uid(seg, uids.new(f"seg-{kind}-dimension-organization", source_uid))
+    stamp_creation_time(seg, when)
+    # General Image: Patient Orientation is Type 2C, required without Image Orientation (Patient) - as here. highdicom
+    # sets it only for images with geometry, so it is copied from the source (usually empty for ultrasound).
+    if "PatientOrientation" not in seg:
+        seg.PatientOrientation = source.get("PatientOrientation", None)
+    # Content Creator's Name is Type 2 in DCMTK's (dcmqi's) Content Identification Macro; an automatic segmentation
+    # has no person to name, so it is present and empty.
+    if "ContentCreatorName" not in seg:
+        seg.ContentCreatorName = None
+    if algorithm.random_weights:
+        seg.ImageComments = f"{RANDOM_WEIGHTS_WARNING} - {NOT_FOR_CLINICAL_USE}"
+    return seg
+
+
+def write_segmentations(
+    source: Dataset,
+    predictions: Sequence[PredictionLike],
+    threshold: float,
+    output_dir: str | os.PathLike[str],
+    algorithm: AlgorithmInfo,
+    uids: UIDFactory,
+    series_number_start: int = 9001,
+) -> tuple[Path, Path]:
+    """Write the lesion heatmap as a FRACTIONAL SEG and ``heatmap >= threshold`` as a BINARY SEG.
+
+    Args:
+        source: the full source image (single- or multi-frame ultrasound); only its metadata is used.
+        predictions: one prediction per analysed source frame (any subset of the frames), heatmaps in the full frame
+            geometry.
+        threshold: heatmap value from which a pixel belongs to the lesion mask.
+        output_dir: folder to write into (created when missing).
+        algorithm: identity of the algorithm, recorded in the segment description.
+        uids: UID (and time) source.
+        series_number_start: series number of the FRACTIONAL SEG; the BINARY SEG gets the next one.
+
+    Returns:
+        ``(fractional_path, binary_path)``, named ``seg_fractional_<SOPInstanceUID>.dcm`` and
+        ``seg_binary_<SOPInstanceUID>.dcm`` inside ``output_dir``.
+
+    Raises:
+        InputDataError: predictions that do not fit the source (frame numbers, heatmap shapes or values).
+    """
+    check_source(source)
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InputDataError(f"threshold must lie in [0, 1], got {threshold}")
+    preds = checked_predictions(source, predictions)
+    frame_numbers = [int(p.frame_number) for p in preds]
+    heat = np.stack([np.asarray(p.heatmap, dtype=np.float32) for p in preds])
+    np.clip(heat, 0.0, 1.0, out=heat)  # in place: a cine's heatmaps are the largest array here
+    mask = (heat >= float(threshold)).astype(np.uint8)
+    when = uids.now()
+    tracking_uid = uids.new("lesion-tracking", source.SOPInstanceUID)
+    paths = []
+    for offset, (kind, array) in enumerate(
+        ((hd.seg.SegmentationTypeValues.FRACTIONAL, heat), (hd.seg.SegmentationTypeValues.BINARY, mask))
+    ):
+        seg = _build_segmentation(
+            source,
+            frame_numbers,
+            array,
+            kind,
+            algorithm,
+            uids,
+            series_number_start + offset,
+            when,
+            tracking_uid,
+        )
+        path = output_path(output_dir, f"seg_{kind.value.lower()}", seg.SOPInstanceUID)
+        paths.append(write_dataset(seg, path))
+        logger.info("wrote %s SEG with %d frame(s) to %s", kind.value, int(seg.NumberOfFrames), path)
+    return paths[0], paths[1]
+
+
