@@ -14,10 +14,11 @@ from benchmarks.methods.ultraad import (
     UltraADNoMemory,
     UltraADNoMultitask,
 )
-from benchmarks.methods.zero_shot import ZeroShotWinCLIP
+from benchmarks.methods.winclip import WinCLIP, WinCLIPPlus
 
 METHODS: dict[str, type[Method]] = {
-    "zero_shot": ZeroShotWinCLIP,
+    "zero_shot": WinCLIP,
+    "winclip_plus": WinCLIPPlus,
     "linear_probe": LinearProbe,
     "lp_plus_plus": LPPlusPlus,
     "tip_adapter": TipAdapter,

@@ -130,12 +130,26 @@ def train_minibatches(
     batch_size: int = 8,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
+    adam_betas: tuple[float, float] | None = None,
+    sgd_paper: bool = False,
 ) -> list[float]:
-    """AdamW over shuffled index batches; ``loss_fn(indices)`` returns the batch loss. Returns per-epoch losses."""
+    """AdamW over shuffled index batches (plain Adam with ``adam_betas`` when given, as April-GAN / AnomalyCLIP);
+    ``loss_fn(indices)`` returns the batch loss. Returns per-epoch losses."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
+    params = list(params)
+    schedule = None
+    if sgd_paper:  # CoOp / CoCoOp (Dassl): SGD momentum 0.9, cosine over the epochs, first epoch at constant 1e-5
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    elif adam_betas is not None:
+        optimizer = torch.optim.Adam(params, lr=lr, betas=adam_betas)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     history = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if schedule is not None and epoch == 0:
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-5  # Dassl's constant warm-up epoch
         total = 0.0
         for idx in torch.randperm(n, generator=generator).split(batch_size):
             loss = loss_fn(idx)
@@ -144,6 +158,11 @@ def train_minibatches(
             optimizer.step()
             total += float(loss.detach()) * len(idx)
         history.append(total / n)
+        if schedule is not None:
+            if epoch == 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            schedule.step()
     return history
 
 
@@ -168,7 +187,7 @@ class ContextPrompts(nn.Module):
     PLACEHOLDER = "X"
 
     def __init__(self, backbone: ClipBackbone, suffixes: Sequence[str], n_ctx: int = 8, shared: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, init_words: str | None = None) -> None:
         super().__init__()
         encoder = backbone.text
         self.encoder = [encoder]  # a list keeps the frozen tower out of this module's parameters
@@ -183,6 +202,13 @@ class ContextPrompts(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         shape = (1 if shared else len(suffixes), n_ctx, encoder.width)
         self.ctx = nn.Parameter(torch.randn(shape, generator=generator) * 0.02)
+        if init_words is not None:  # CoCoOp: the context starts as the embeddings of e.g. "a photo of a"
+            words = encoder.tokenize([init_words])
+            with torch.no_grad():
+                init = encoder.embed_tokens(words).float().cpu()[0, 1:1 + n_ctx]
+            if int(words.argmax(dim=-1)) != n_ctx + 1:
+                raise ValueError(f"{init_words!r} is not {n_ctx} tokens long")
+            self.ctx.data.copy_(init.expand(shape))
 
     def forward(self, bias: torch.Tensor | None = None) -> torch.Tensor:
         encoder = self.encoder[0]
