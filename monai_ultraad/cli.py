@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from monai_ultraad import engine, mvfa_engine
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data import make_fewshot_split, read_dataset, ultraad_preprocessing
+from monai_ultraad.data.datasets import IMAGE_SUFFIXES
 from monai_ultraad.data.postprocessing import output_stem
 from monai_ultraad.data.transforms import apply_pipeline
 from monai_ultraad.errors import UltraADError
@@ -46,7 +47,6 @@ REPORT_METRICS = (
     "iou",
     "ece",
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def _as_list(value: Any) -> list:
