@@ -19,13 +19,13 @@ import torch
 from monai_ultraad import engine
 from monai_ultraad.data import default_data_dir, make_fewshot_split, read_dataset
 from monai_ultraad.losses import UltraADLoss
-from monai_ultraad.networks import ClipBackbone
+from monai_ultraad.networks import DEFAULT_BACKBONE, ClipBackbone
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=None, help="labels.csv dataset (default: shared bus_uclm)")
-    parser.add_argument("--backbone", default="ViT-L-14-336")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--pretrained", default="random", help="open_clip tag, local file, or 'random'")
     parser.add_argument("--layers", default=None, help="comma-separated 1-based blocks (default: paper's)")
     parser.add_argument("--shots", type=int, default=4)

@@ -28,7 +28,7 @@ from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data import make_fewshot_split, read_dataset
 from monai_ultraad.data.transforms import load_image_array
 from monai_ultraad.io_utils import atomic_write_json, atomic_write_text
-from monai_ultraad.networks import ClipBackbone
+from monai_ultraad.networks import ClipBackbone, is_random_init
 from monai_ultraad.quality import detect_marks
 from monai_ultraad.quality.mark_removal import remove_marks
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     start = time.time()
     work = Path(args.work or tempfile.mkdtemp(prefix="ultraad_mark_removal_"))
-    random = args.pretrained in ("random", "", "none")
+    random = is_random_init(args.pretrained)
     backbone = ClipBackbone(args.backbone, None if random else args.pretrained,
                             tuple(int(x) for x in args.feature_layers.split(",")), allow_random_init=random,
                             init_seed=args.seed)

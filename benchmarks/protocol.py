@@ -30,8 +30,9 @@ from monai_ultraad.engine import EvalSample
 from monai_ultraad.errors import InputDataError
 from monai_ultraad.features import FeatureStore
 from monai_ultraad.io_utils import atomic_write_json
-from monai_ultraad.metrics import UltraADEvaluator, best_threshold
+from monai_ultraad.metrics import UltraADEvaluator
 from monai_ultraad.networks import ClipBackbone, VisualFeatures
+from monai_ultraad.selection import validation_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -149,16 +150,16 @@ def predict_batches(
 
 
 def choose_threshold(method: Method, data: FitData, size: int) -> tuple[float, str]:
-    """Heatmap threshold maximising Dice on the validation images (never the test set)."""
+    """The heatmap threshold of :func:`~monai_ultraad.selection.validation_threshold` (validation images only;
+    the one rule the package's own training uses), and how it was chosen."""
     maps, masks = [], []
     for pred, m, samples in predict_batches(method, data.val_batches, size):
         if m is None:
             return float("nan"), "no heatmap"
         maps.extend(m)
         masks.extend(s.mask for s in samples)
-    if not any(g is not None and g.any() for g in masks):
-        return 0.5, "no lesion in the validation images: 0.5"
-    return best_threshold(maps, masks), "validation Dice"
+    threshold, notes = validation_threshold(maps, masks)
+    return threshold, notes[0] if notes else "validation Dice"
 
 
 def _thumb(x: np.ndarray) -> np.ndarray:

@@ -38,14 +38,14 @@ from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data import default_data_dir, read_dataset
 from monai_ultraad.errors import InputDataError, UltraADError, WeightsError
 from monai_ultraad.io_utils import atomic_write_bytes, atomic_write_json
-from monai_ultraad.networks import ClipBackbone
+from monai_ultraad.networks import DEFAULT_BACKBONE, ClipBackbone, is_random_init
 from monai_ultraad.runtime import tune_cpu_allocator
 
 logger = logging.getLogger("benchmarks")
 ROOT = Path(__file__).resolve().parent
 DEFAULTS: dict[str, Any] = {
     "name": None,
-    "backbone": "ViT-L-14-336",
+    "backbone": DEFAULT_BACKBONE,
     "pretrained": "openai",
     "random_fallback": True,
     "feature_layers": None,
@@ -91,7 +91,7 @@ def build_backbone(cfg: dict[str, Any]) -> tuple[ClipBackbone, str | None]:
     """The frozen backbone; without loadable weights a LOUD random-init fallback (recorded in every output)."""
     layers = cfg["feature_layers"]
     pretrained = cfg["pretrained"]
-    random = str(pretrained).strip().lower() in ("random", "none", "")
+    random = is_random_init(pretrained)
     reason = "requested with --pretrained random" if random else None
     if not random and Path(str(pretrained)).suffix in (".pt", ".pth", ".bin", ".safetensors") \
             and not Path(str(pretrained)).exists():

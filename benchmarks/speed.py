@@ -25,7 +25,7 @@ import torch
 from monai_ultraad import engine
 from monai_ultraad.data import default_data_dir, make_fewshot_split, read_dataset
 from monai_ultraad.io_utils import atomic_write_json
-from monai_ultraad.networks import ClipBackbone, VisualFeatures
+from monai_ultraad.networks import DEFAULT_BACKBONE, ClipBackbone, VisualFeatures
 from monai_ultraad.runtime import tune_cpu_allocator
 
 PRECISIONS = ("fp32", "autocast-bf16", "bf16")
@@ -132,7 +132,7 @@ def training_timing(args: argparse.Namespace, backbone: ClipBackbone) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="ViT-L-14-336")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--pretrained", default="random", help="open_clip tag, local file, or 'random'")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="throughput batch (default 64 on GPU, 8 on CPU)")

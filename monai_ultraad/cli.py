@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 # Only light modules at import time: ``ultraad --help`` must not pay for torch's, open_clip's or MONAI's import (and
 # ``import monai`` also imports the deploy SDK and holoscan, which warn about the stack size). Each command imports
 # what it needs when it runs.
-from monai_ultraad.constants import DEFAULT_BACKBONE, DEFAULT_FEATURE_LAYERS, DEFAULT_PRETRAINED, RANDOM_WEIGHTS_WARNING
+from monai_ultraad.constants import (
+    DEFAULT_BACKBONE,
+    DEFAULT_FEATURE_LAYERS,
+    DEFAULT_PRETRAINED,
+    IMAGE_SUFFIXES,
+    RANDOM_WEIGHTS_WARNING,
+)
 from monai_ultraad.errors import UltraADError
 
 if TYPE_CHECKING:
@@ -41,7 +47,6 @@ REPORT_METRICS = (
     "ece",
 )
 _DEFAULT_LAYERS_TEXT = ",".join(map(str, DEFAULT_FEATURE_LAYERS))
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def _as_list(value: Any) -> list:

@@ -13,6 +13,9 @@ LABEL_KEY = "label"  # int index into CLASS_NAMES
 PATIENT_KEY = "patient"
 ID_KEY = "id"
 
+#: File suffixes read as 2D images (PNG, JPEG, BMP, TIFF) wherever a folder of images is listed.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
 #: Environment variable that points at the folder holding bus_uclm/, bus_bra/ and dicom/.
 DATA_DIR_ENV = "ULTRAAD_DATA_DIR"
 

@@ -1,37 +1,43 @@
-"""Few-shot fit / evaluate / predict for UltraAD on cached backbone features, and checkpoints with provenance.
+"""Few-shot fit / evaluate for UltraAD on cached backbone features.
 
 Every surface (CLI, bundle, deploy app, MONAI Label app, benchmarks) calls these functions; none re-implements a
 step. Rules kept here, in one place:
 
 * the backbone runs once per image (:class:`~monai_ultraad.features.FeatureStore`);
-* model selection (best epoch) and the heatmap threshold come from the validation images only, never the test set;
-* every stochastic step takes the seed (head initialisation, batch order);
-* checkpoints record the model config, backbone provenance, seed, shot list, threshold and library versions, and are
-  read back with ``torch.load(weights_only=True)``.
+* model selection (best epoch), the heatmap threshold and the calibration come from the validation images only, by
+  the rules of :mod:`monai_ultraad.selection`, never from the test set; :func:`finish_fit` applies them after the
+  epochs, here and in the bundle's MONAI handlers alike;
+* every stochastic step takes the seed (head initialisation, batch order).
+
+Checkpoints live in :mod:`monai_ultraad.checkpoint`; their functions stay importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import datetime as _dt
 import functools
-import io
 import logging
-import math
 import os
-import platform
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import monai_ultraad
+# kept importable from here (listed in __all__) for callers written before checkpoints had their own module
+from monai_ultraad.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    load_head,
+    network_from_checkpoint,
+    read_checkpoint,
+    recorded_test_items,
+    save_checkpoint,
+    with_checkpoint,
+)
 from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data.transforms import (
     LoadLesionMaskd,
@@ -41,19 +47,15 @@ from monai_ultraad.data.transforms import (
     transform_signature,
     ultraad_preprocessing,
 )
-from monai_ultraad.errors import InputDataError, WeightsError
+from monai_ultraad.errors import InputDataError
 from monai_ultraad.features import FeatureStore, default_cache_dir
-from monai_ultraad.io_utils import atomic_write_bytes, to_jsonable
 from monai_ultraad.losses import UltraADLoss
-from monai_ultraad.metrics import UltraADEvaluator, best_threshold
+from monai_ultraad.metrics import UltraADEvaluator
 from monai_ultraad.networks.backbone import ClipBackbone, VisualFeatures
 from monai_ultraad.networks.ultraad import UltraAD, UltraADOutput
+from monai_ultraad.selection import SELECTION_METRICS, BestEpoch, validation_threshold
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "monai_ultraad.checkpoint/1"
-#: Validation metrics averaged (nan ignored) to pick the best epoch.
-SELECTION_METRICS = ("image_auroc", "cls_auroc_macro", "pixel_auroc")
 
 
 # ---------------------------------------------------------------------------------------------------- configs
@@ -124,6 +126,22 @@ class FewShotBatch:
     masks: torch.Tensor  # (B, 1, S, S)
     labels: torch.Tensor  # (B,)
     memory_slots: torch.Tensor  # (B,), index of each shot in the memory bank
+
+
+class ShotOrder(torch.utils.data.Sampler[int]):
+    """The order the shots are trained in: each pass over them is one ``torch.randperm`` from a generator seeded once
+    with ``seed``. :func:`fit` and the bundle's training DataLoader both use it, so they see the same batches.
+    (``torch.utils.data.RandomSampler`` draws a second, unused permutation per pass, so it cannot stand in.)"""
+
+    def __init__(self, data_source: Sequence[Any], seed: int = 0) -> None:
+        self.n = len(data_source)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        yield from torch.randperm(self.n, generator=self.generator).tolist()
 
 
 @dataclass
@@ -213,19 +231,10 @@ def seed_everything_local(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def build_model(
-    backbone: ClipBackbone, seed: int = 0, **model_kwargs: Any
-) -> UltraAD:
-    """A fresh UltraAD head on ``backbone`` whose learnable parameters are initialised from ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return UltraAD(backbone, **model_kwargs)
-
-
-def _selection_score(metrics: dict[str, Any]) -> float:
-    vals = [metrics.get(k) for k in SELECTION_METRICS]
-    vals = [float(v) for v in vals if v is not None and not math.isnan(float(v))]
-    return float(np.mean(vals)) if vals else float("nan")
+def build_model(backbone: ClipBackbone, seed: int = 0, **model_kwargs: Any) -> UltraAD:
+    """``UltraAD(backbone, seed=seed, **model_kwargs)``: a fresh head whose parameters are initialised from ``seed``
+    (the bundle's ``network_def`` builds the same)."""
+    return UltraAD(backbone, seed=seed, **model_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------- inference core
@@ -357,7 +366,8 @@ def fit(
     config = config or TrainConfig()
     if not shots:
         raise InputDataError("no training shots given")
-    generator = seed_everything_local(config.seed)
+    seed_everything_local(config.seed)
+    order = ShotOrder(shots, config.seed)
     device = store.device
     model.to(device)
     notes: list[str] = []
@@ -379,45 +389,48 @@ def fit(
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    best_score, best_epoch, best_state, best_metrics = -math.inf, 0, copy.deepcopy(model.head_state_dict()), {}
+    best = BestEpoch()
     history: list[dict[str, Any]] = []
     epoch_seconds: list[float] = []
     bar = tqdm(range(1, config.epochs + 1), desc="few-shot training", unit="epoch", disable=not progress)
     for epoch in bar:
         start = time.perf_counter()
-        order = torch.randperm(len(shots), generator=generator)
         batches = (
             FewShotBatch(
                 VisualFeatures(features.cls_token[idx], features.patch_tokens[idx]), masks[idx], labels[idx], slots[idx]
             )
-            for idx in order.split(config.batch_size)
+            for idx in torch.tensor(list(order)).split(config.batch_size)
         )
         losses = train_one_epoch(model, batches, optimizer, loss_fn, config.precision)
         epoch_seconds.append(time.perf_counter() - start)
         record: dict[str, Any] = {"epoch": epoch, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
         if val_batches and (epoch % config.val_every == 0 or epoch == config.epochs):
             metrics, _, _ = evaluate_features(model, val_batches, precision=config.precision)
-            score = _selection_score(metrics)
+            score = best.update(epoch, metrics, model)
             record.update({f"val_{k}": metrics.get(k) for k in SELECTION_METRICS}, val_score=score)
-            if not math.isnan(score) and score > best_score:
-                best_score, best_epoch, best_metrics = score, epoch, metrics
-                best_state = copy.deepcopy(model.head_state_dict())
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_score', float('nan')):.3f}")
 
-    if best_epoch == 0:  # no usable validation: keep the last epoch, and say so
-        best_epoch = config.epochs
-        best_state = copy.deepcopy(model.head_state_dict())
-        notes.append("no validation metric available: the last epoch was kept")
-    model.load_head_state_dict(best_state)
-    model.to(device)
+    result = finish_fit(model, val_batches, best, config.epochs)
+    result.history, result.epoch_seconds, result.feature_seconds = history, epoch_seconds, feature_seconds
+    result.notes = notes + result.notes
+    return result
 
+
+def finish_fit(
+    model: UltraAD,
+    val_batches: Sequence[tuple[VisualFeatures, Sequence[EvalSample]]],
+    best: BestEpoch,
+    last_epoch: int,
+) -> FitResult:
+    """After the epochs: restore the best epoch, calibrate the classes and choose the heatmap threshold on the
+    VALIDATION images, and score the result on them (the last step of :func:`fit` and of the bundle's training)."""
+    best_epoch, notes = best.restore(model, last_epoch)
     calibration, calibration_notes = calibrate(model, val_batches)
     threshold, threshold_notes = choose_threshold(model, val_batches)
-    notes += calibration_notes + threshold_notes
-    if val_batches:
-        best_metrics, _, _ = evaluate_features(model, val_batches, threshold=threshold)
-    return FitResult(best_epoch, threshold, best_metrics, history, epoch_seconds, feature_seconds, notes, calibration)
+    val_metrics = evaluate_features(model, val_batches, threshold=threshold)[0] if val_batches else {}
+    return FitResult(best_epoch, threshold, val_metrics, notes=notes + calibration_notes + threshold_notes,
+                     calibration=calibration)
 
 
 def calibrate(
@@ -455,14 +468,10 @@ def calibrate(
 def choose_threshold(
     model: UltraAD, val_batches: Sequence[tuple[VisualFeatures, Sequence[EvalSample]]]
 ) -> tuple[float, list[str]]:
-    """The heatmap threshold that maximises Dice on the VALIDATION images (0.5 when they hold no lesion)."""
-    if not val_batches:
-        return 0.5, ["no validation images: heatmap threshold left at 0.5"]
-    _, _, maps = evaluate_features(model, val_batches, keep_maps=True)
-    val_masks = [s.mask for _, samples in val_batches for s in samples]
-    if not any(m is not None and m.any() for m in val_masks):
-        return 0.5, ["no lesion in the validation images: heatmap threshold left at 0.5"]
-    return float(best_threshold(maps, val_masks)), []
+    """The heatmap threshold of :func:`~monai_ultraad.selection.validation_threshold` for ``model``'s maps of the
+    VALIDATION images."""
+    maps = evaluate_features(model, val_batches, keep_maps=True)[2] if val_batches else []
+    return validation_threshold(maps, [s.mask for _, samples in val_batches for s in samples])
 
 
 def validation_batches(
@@ -473,184 +482,6 @@ def validation_batches(
             store.iter_batches(items, batch_size=batch_size, desc="features (validation)")]
 
 
-# ---------------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: UltraAD,
-    *,
-    threshold: float,
-    train_config: TrainConfig | None = None,
-    split: dict[str, Any] | None = None,
-    fit_result: FitResult | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write the head weights and full provenance atomically (temporary file, then rename)."""
-    import open_clip
-
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "head_state": model.head_state_dict(),
-        "model": model.describe(),
-        "threshold": float(threshold),
-        "train_config": asdict(train_config) if train_config else None,
-        "split": split,
-        "best_epoch": fit_result.best_epoch if fit_result else None,
-        "val_metrics": to_jsonable(fit_result.val_metrics) if fit_result else None,  # plain types: weights_only load
-        "calibration": to_jsonable(fit_result.calibration) if fit_result else None,
-        "random_weights": model.random_weights,
-        "versions": {
-            "monai_ultraad": monai_ultraad.__version__,
-            "torch": str(torch.__version__),
-            "open_clip": str(open_clip.__version__),
-            "python": platform.python_version(),
-        },
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "extra": to_jsonable(extra or {}),
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); clear errors for missing/corrupt/foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"cannot read checkpoint {path}: not a valid monai_ultraad checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{path} is not a monai_ultraad checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return payload
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    *,
-    backbone: ClipBackbone | None = None,
-    pretrained: str | None = None,
-    allow_random_init: bool = False,
-    device: str | torch.device = "cpu",
-    backbone_name: str | None = None,
-) -> tuple[UltraAD, dict[str, Any]]:
-    """Rebuild the trained UltraAD from a checkpoint.
-
-    Args:
-        backbone: reuse an already loaded backbone; it must be the same architecture and weights as in training.
-        pretrained: where to load the backbone weights from when ``backbone`` is None (default: what training used;
-            a local file must hold the same weights).
-        allow_random_init: needed to load a checkpoint that was trained on a random-init backbone.
-        backbone_name: the architecture the caller expects; another one recorded in the checkpoint is an error.
-
-    Raises:
-        WeightsError: unreadable checkpoint, or a backbone other than the one it was trained on.
-    """
-    payload = read_checkpoint(path)
-    described = payload["model"]
-    cfg = dict(described["config"])
-    trained_backbone = described["backbone"]
-    if backbone_name is not None and backbone_name != cfg["backbone"]:
-        raise WeightsError(
-            f"checkpoint {Path(path).name} was trained on backbone {cfg['backbone']}, not {backbone_name}; "
-            "it cannot be loaded into another backbone"
-        )
-    if backbone is None:
-        source = pretrained if pretrained is not None else trained_backbone.get("pretrained")
-        if trained_backbone.get("random_weights") and pretrained is None:
-            if not allow_random_init:
-                raise WeightsError(
-                    f"checkpoint {Path(path).name} was trained on a randomly initialised backbone; loading it needs "
-                    "allow_random_init=True (and its outputs are not meaningful)"
-                )
-            source = None
-        backbone = ClipBackbone(
-            cfg["backbone"],
-            source,
-            cfg["feature_layers"],
-            allow_random_init=allow_random_init,
-            init_seed=int(cfg.get("init_seed", 0)),
-        )
-    model = UltraAD(backbone, **model_kwargs_from_config(cfg))
-    load_head(model, payload, source=Path(path).name)
-    model.to(device).eval()
-    return model, payload
-
-
-def network_from_checkpoint(
-    checkpoint: str | os.PathLike,
-    pretrained: str | None = None,
-    allow_random_init: bool = False,
-    backbone_name: str | None = None,
-    device: str | torch.device = "cpu",
-) -> UltraAD:
-    """:func:`load_checkpoint` returning only the network (for configs: ``network_def``)."""
-    return load_checkpoint(checkpoint, pretrained=pretrained, allow_random_init=allow_random_init,
-                           backbone_name=backbone_name, device=device)[0]
-
-
-def with_checkpoint(model: UltraAD, checkpoint: dict[str, Any] | str | os.PathLike) -> UltraAD:
-    """Load a checkpoint's head into ``model`` (see :func:`load_head`) and return the model in eval mode."""
-    load_head(model, checkpoint)
-    return model.eval()
-
-
-def recorded_test_items(checkpoint: dict[str, Any], items: Sequence[dict], split: str = "auto") -> list[dict]:
-    """The images to evaluate a checkpoint on.
-
-    ``test``: the test images recorded in the checkpoint; ``all``: every item; ``auto``: the recorded test images
-    when ``items`` contains any of the checkpoint's shots or validation images (the training dataset), otherwise
-    every item (an unseen dataset). Never returns an image the model was trained or selected on.
-    """
-    recorded = checkpoint.get("split") or {}
-    used = set(recorded.get("shots", [])) | set(recorded.get("validation", []))
-    if split not in ("auto", "test", "all"):
-        raise InputDataError(f"split must be auto, test or all, not {split!r}")
-    if split == "test" or (split == "auto" and any(str(it["id"]) in used for it in items)):
-        test_ids = set(recorded.get("test", []))
-        chosen = [it for it in items if str(it["id"]) in test_ids]
-        if not chosen:
-            raise InputDataError("none of the checkpoint's recorded test images are in this dataset")
-        return chosen
-    if split == "all" and any(str(it["id"]) in used for it in items):
-        logger.warning("evaluating on every image, including images the model was trained or selected on")
-    return list(items)
-
-
-def model_kwargs_from_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """UltraAD keyword arguments (besides the backbone) recorded in a checkpoint's model config."""
-    keys = ("class_names", "n_ctx", "fusion_heads", "memory_alpha", "memory_beta", "map_temperature",
-            "image_aware_prompts", "lesion_aware_text", "use_memory", "use_fusion", "init_seed")
-    return {k: cfg[k] for k in keys if k in cfg}
-
-
-def load_head(model: UltraAD, checkpoint: dict[str, Any] | str | os.PathLike, source: str | None = None) -> dict:
-    """Load a checkpoint's trained head into ``model`` after checking it was trained on the same backbone.
-
-    Raises:
-        WeightsError: another backbone architecture, other tapped layers, other backbone weights, or another head
-            configuration.
-    """
-    payload = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-    source = source or (Path(checkpoint).name if not isinstance(checkpoint, dict) else "checkpoint")
-    cfg = payload["model"]["config"]
-    trained = payload["model"]["backbone"]
-    backbone = model.backbone
-    if backbone.model_name != cfg["backbone"] or list(backbone.feature_layers) != list(cfg["feature_layers"]):
-        raise WeightsError(
-            f"checkpoint {source} was trained on backbone {cfg['backbone']} (layers {cfg['feature_layers']}), "
-            f"not {backbone.model_name} (layers {list(backbone.feature_layers)}); it cannot be loaded into another backbone"
-        )
-    if backbone.weights_id != trained.get("weights_id"):
-        raise WeightsError(
-            f"checkpoint {source} was trained with backbone weights {trained.get('weights_id')}, "
-            f"but the loaded backbone has {backbone.weights_id}; the head only fits the weights it was trained on"
-        )
-    model.load_head_state_dict(payload["head_state"])
-    return payload
-
-
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CLASS_NAMES",
@@ -658,6 +489,7 @@ __all__ = [
     "EvalSample",
     "FewShotBatch",
     "FitResult",
+    "ShotOrder",
     "TrainConfig",
     "autocast",
     "build_model",
@@ -667,11 +499,11 @@ __all__ = [
     "choose_threshold",
     "evaluate",
     "evaluate_features",
+    "finish_fit",
     "fit",
     "load_checkpoint",
     "load_eval_samples",
     "load_head",
-    "model_kwargs_from_config",
     "network_from_checkpoint",
     "read_checkpoint",
     "recorded_test_items",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from monai_ultraad.workflows.inference import UltraADTensorNet
 from monai_ultraad.io_utils import atomic_write_bytes
+from monai_ultraad.workflows.inference import UltraADTensorNet
 
 
 def _example(net: UltraADTensorNet, batch: int = 2) -> torch.Tensor:

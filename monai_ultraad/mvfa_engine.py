@@ -30,15 +30,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from monai_ultraad import engine
+from monai_ultraad import checkpoint, engine
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data.transforms import apply_pipeline, map_to_original, ultraad_preprocessing
 from monai_ultraad.errors import InputDataError, WeightsError
 from monai_ultraad.features import file_sha256
 from monai_ultraad.io_utils import atomic_write_json
-from monai_ultraad.metrics import UltraADEvaluator, best_threshold
+from monai_ultraad.metrics import UltraADEvaluator
 from monai_ultraad.networks.backbone import ClipBackbone
 from monai_ultraad.networks.mvfa import MVFA, N_VIEWS, MVFAOutput, mvfa_loss, view
+from monai_ultraad.selection import validation_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -237,16 +238,13 @@ def iter_outputs(model: MVFA, items: Sequence[dict], cache: PrefixCache, batch_s
 
 
 def choose_threshold(model: MVFA, validation: Sequence[dict], cache: PrefixCache) -> tuple[float, list[str]]:
-    """The heatmap threshold maximising Dice on the validation images (0.5 without a lesion in them)."""
+    """The heatmap threshold of :func:`~monai_ultraad.selection.validation_threshold` for MVFA's validation maps."""
     samples = engine.load_eval_samples(validation)
     maps = []
     for chunk, out in iter_outputs(model, validation, cache, keep=True):
         maps += [map_to_original(out.anomaly_map[i, 0].cpu(), s.size, model.image_size).numpy()
                  for i, s in enumerate(samples[len(maps):len(maps) + len(chunk)])]
-    masks = [s.mask for s in samples]
-    if not any(m is not None and m.any() for m in masks):
-        return 0.5, ["no lesion in the validation images: heatmap threshold left at 0.5"]
-    return float(best_threshold(maps, masks)), []
+    return validation_threshold(maps, [s.mask for s in samples])
 
 
 def placeholder_probs(score: np.ndarray) -> np.ndarray:
@@ -285,13 +283,13 @@ def evaluate(model: MVFA, items: Sequence[dict], threshold: float, cache: Prefix
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
 def is_mvfa_checkpoint(path: str | os.PathLike) -> bool:
-    return engine.read_checkpoint(path)["model"].get("kind") == "mvfa"
+    return checkpoint.read_checkpoint(path)["model"].get("kind") == "mvfa"
 
 
 def load_checkpoint(path: str | os.PathLike, *, pretrained: str | None = None, allow_random_init: bool = False,
                     device: str | torch.device = "cpu") -> tuple[MVFA, dict[str, Any]]:
     """Rebuild a trained MVFA (adapters, memory, statistics) on the backbone it was trained on."""
-    payload = engine.read_checkpoint(path)
+    payload = checkpoint.read_checkpoint(path)
     described = payload["model"]
     if described.get("kind") != "mvfa":
         raise WeightsError(f"{Path(path).name} is not an MVFA checkpoint")
@@ -360,8 +358,8 @@ def fewshot_run(items: Sequence[dict], split, backbone: ClipBackbone, config: MV
     metrics.update(seed=config.seed, best_epoch=result.best_epoch, n_shots=len(split.shots),
                    n_validation=len(split.validation),
                    epoch_seconds_mean=float(np.mean(result.epoch_seconds)) if result.epoch_seconds else float("nan"))
-    engine.save_checkpoint(output_dir / "model.pt", model, threshold=result.threshold, train_config=config,
-                           split=split.to_dict(), fit_result=result, extra=extra)
+    checkpoint.save_checkpoint(output_dir / "model.pt", model, threshold=result.threshold, train_config=config,
+                               split=split.to_dict(), fit_result=result, extra=extra)
     atomic_write_json(output_dir / "metrics.json", {"test": metrics, "validation": result.val_metrics,
                                                     "history": result.history, "notes": result.notes}, nan_as_null=True)
     atomic_write_json(output_dir / "predictions.json", predictions)

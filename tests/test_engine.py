@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_ultraad import engine
+from monai_ultraad import checkpoint, engine
 from monai_ultraad.data import make_fewshot_split, read_dataset
 from monai_ultraad.errors import WeightsError
 from monai_ultraad.networks import TINY_BACKBONE, ClipBackbone
@@ -71,8 +71,8 @@ def test_bf16_training_learns_and_is_recorded(tiny_backbone, split, store, tmp_p
     ref_result = engine.fit(ref, split.shots, [], store, engine.TrainConfig(epochs=15, batch_size=6), progress=False)
     # not bit-identical, but the same optimisation: first-epoch losses agree closely
     assert result.history[0]["loss"] == pytest.approx(ref_result.history[0]["loss"], rel=0.02)
-    path = engine.save_checkpoint(tmp_path / "bf16.pt", model, threshold=result.threshold, train_config=cfg)
-    assert engine.read_checkpoint(path)["train_config"]["precision"] == "bf16"
+    path = checkpoint.save_checkpoint(tmp_path / "bf16.pt", model, threshold=result.threshold, train_config=cfg)
+    assert checkpoint.read_checkpoint(path)["train_config"]["precision"] == "bf16"
 
 
 def test_unknown_precision_is_refused():
@@ -118,50 +118,73 @@ def test_corrupt_cache_entry_is_recomputed(tiny_backbone, split, tmp_path):
 
 def test_checkpoint_roundtrip(tiny_backbone, split, store, tmp_path):
     model, result, cfg = _fit(tiny_backbone, split, store, epochs=2)
-    path = engine.save_checkpoint(tmp_path / "m" / "model.pt", model, threshold=result.threshold, train_config=cfg,
+    path = checkpoint.save_checkpoint(tmp_path / "m" / "model.pt", model, threshold=result.threshold, train_config=cfg,
                                   split=split.to_dict(), fit_result=result)
     assert not list(path.parent.glob(".*tmp"))
-    payload = engine.read_checkpoint(path)
+    payload = checkpoint.read_checkpoint(path)
     assert payload["split"]["shots"] == [it["id"] for it in split.shots]
     assert payload["model"]["backbone"]["model_name"] == TINY_BACKBONE and payload["random_weights"]
     assert payload["train_config"]["seed"] == 0 and payload["versions"]["monai_ultraad"]
     with pytest.raises(WeightsError, match="randomly initialised"):
-        engine.load_checkpoint(path)
-    loaded, _ = engine.load_checkpoint(path, backbone=tiny_backbone)
+        checkpoint.load_checkpoint(path)
+    loaded, _ = checkpoint.load_checkpoint(path, backbone=tiny_backbone)
     m1, _ = engine.evaluate(model, split.test, store, result.threshold, progress=False)
     m2, _ = engine.evaluate(loaded, split.test, store, payload["threshold"], progress=False)
     assert m1["image_auroc"] == pytest.approx(m2["image_auroc"]) and m1["dice"] == pytest.approx(m2["dice"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rebuilt, _ = engine.load_checkpoint(path, allow_random_init=True)
+        rebuilt, _ = checkpoint.load_checkpoint(path, allow_random_init=True)
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(rebuilt(x).anomaly_map, loaded(x).anomaly_map)
 
 
 def test_checkpoint_refuses_other_backbone(tiny_backbone, split, store, tmp_path):
     model, result, _ = _fit(tiny_backbone, split, store, epochs=1)
-    path = engine.save_checkpoint(tmp_path / "model.pt", model, threshold=result.threshold)
+    path = checkpoint.save_checkpoint(tmp_path / "model.pt", model, threshold=result.threshold)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         other_layers = ClipBackbone(TINY_BACKBONE, None, (2, 4), allow_random_init=True)
         other_weights = ClipBackbone(TINY_BACKBONE, None, (1, 2, 3, 4), allow_random_init=True, init_seed=7)
     with pytest.raises(WeightsError, match="cannot be loaded into another backbone"):
-        engine.load_checkpoint(path, backbone=other_layers)
+        checkpoint.load_checkpoint(path, backbone=other_layers)
     with pytest.raises(WeightsError, match="only fits the weights it was trained on"):
-        engine.load_checkpoint(path, backbone=other_weights)
+        checkpoint.load_checkpoint(path, backbone=other_weights)
+
+
+def test_checkpoint_from_before_the_calibration_loads_and_unknown_config_is_refused(tiny_backbone, split, store,
+                                                                                   tmp_path):
+    """A file as the first versions wrote it (model config with its never-used ``extra``, no calibration, no memory
+    centring / term weights) still loads, with those parts neutral; a config field this version does not know
+    is a clear error."""
+    model, result, _ = _fit(tiny_backbone, split, store, epochs=1)
+    path = checkpoint.save_checkpoint(tmp_path / "model.pt", model, threshold=result.threshold)
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["config"]["extra"] = {}
+    payload.pop("calibration")
+    for key in ("memory.center", "memory.log_term_weights", "memory.class_bias", "calibration.temperature",
+                "calibration.bias"):
+        payload["head_state"].pop(key)
+    torch.save(payload, tmp_path / "old.pt")
+    old, _ = checkpoint.load_checkpoint(tmp_path / "old.pt", backbone=tiny_backbone)
+    assert float(old.calibration.temperature) == 1.0 and not old.memory.class_bias.any()
+    assert old.config == model.config
+    payload["model"]["config"]["adapter_depth"] = 2
+    torch.save(payload, tmp_path / "newer.pt")
+    with pytest.raises(WeightsError, match="newer.pt holds no usable UltraAD model config.*adapter_depth"):
+        checkpoint.load_checkpoint(tmp_path / "newer.pt", backbone=tiny_backbone)
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x80\x04not really")
     with pytest.raises(WeightsError, match="bad.pt"):
-        engine.read_checkpoint(bad)
+        checkpoint.read_checkpoint(bad)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(WeightsError, match="not a monai_ultraad checkpoint"):
-        engine.read_checkpoint(foreign)
+        checkpoint.read_checkpoint(foreign)
     with pytest.raises(WeightsError, match="not found"):
-        engine.read_checkpoint(tmp_path / "missing.pt")
+        checkpoint.read_checkpoint(tmp_path / "missing.pt")
 
 
 @pytest.mark.realdata
@@ -189,14 +212,14 @@ def test_recorded_test_items_never_returns_training_images(split):
 
     payload = {"split": split.to_dict()}
     items = split.shots + split.validation + split.test
-    chosen = engine.recorded_test_items(payload, items, "auto")  # same dataset: the recorded test images only
+    chosen = checkpoint.recorded_test_items(payload, items, "auto")  # same dataset: the recorded test images only
     assert [it["id"] for it in chosen] == [it["id"] for it in split.test]
     unseen = [{**it, "id": "other/" + it["id"]} for it in split.test]
-    assert len(engine.recorded_test_items(payload, unseen, "auto")) == len(unseen)  # another dataset: all of it
+    assert len(checkpoint.recorded_test_items(payload, unseen, "auto")) == len(unseen)  # another dataset: all of it
     with pytest.raises(InputDataError, match="none of the checkpoint's recorded test images"):
-        engine.recorded_test_items(payload, unseen, "test")
+        checkpoint.recorded_test_items(payload, unseen, "test")
     with pytest.raises(InputDataError, match="split must be"):
-        engine.recorded_test_items(payload, items, "train")
+        checkpoint.recorded_test_items(payload, items, "train")
 
 
 def test_cache_key_follows_the_weights_not_their_path(tiny_backbone, tmp_path):

@@ -32,6 +32,7 @@ from monai_ultraad.constants import (
     DATA_DIR_ENV,
     ID_KEY,
     IMAGE_KEY,
+    IMAGE_SUFFIXES,
     LABEL_KEY,
     MASK_KEY,
     PATIENT_KEY,
@@ -63,7 +64,6 @@ MASK_ENCODING_KEY = "mask_encoding"
 #: ``mask_encoding`` value of the original BUS-UCLM masks (green = benign, red = malignant lesion).
 RGB_UCLM_ENCODING = "rgb_uclm"
 #: File suffixes accepted as images by the folder readers (lower case).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Values accepted by :func:`read_dataset`'s ``fmt``.
 DATASET_FORMATS = ("auto", "labels_csv", "busi", "bus_uclm", "bus_bra", "datalist")
 

@@ -23,6 +23,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
+from monai_ultraad.data.datasets import IMAGE_SUFFIXES
 from monai_ultraad.data.transforms import LoadUltrasoundImaged, apply_pipeline, map_to_original
 from monai_ultraad.io_utils import atomic_write_bytes, atomic_write_json
 
@@ -51,7 +52,7 @@ def _size(value: Any) -> tuple[int, int]:
 def output_stem(path: str | Path) -> str:
     """File-name stem used for every output of one input image (a bare name: no folder can be injected)."""
     stem = Path(str(path)).name
-    for suffix in (".gz", ".nii", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"):
+    for suffix in (".gz", ".nii", *IMAGE_SUFFIXES, ".dcm"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
     return stem.replace(" ", "_") or "image"

@@ -5,11 +5,13 @@ from monai_ultraad.networks.backbone import (
     DEFAULT_BACKBONE,
     DEFAULT_FEATURE_LAYERS,
     DEFAULT_PRETRAINED,
+    RANDOM_INIT_NAMES,
     TINY_BACKBONE,
     ClipBackbone,
     FrozenTextEncoder,
     VisualFeatures,
     create_clip,
+    is_random_init,
 )
 from monai_ultraad.networks.fusion import PatchLanguageFusion
 from monai_ultraad.networks.memory import ClassTokenMiniNet, FewShotMemoryBank
@@ -21,6 +23,7 @@ __all__ = [
     "DEFAULT_FEATURE_LAYERS",
     "DEFAULT_PRETRAINED",
     "LESION_AWARE_PROMPTS",
+    "RANDOM_INIT_NAMES",
     "TINY_BACKBONE",
     "ClassTokenMiniNet",
     "ClipBackbone",
@@ -35,4 +38,5 @@ __all__ = [
     "VisualFeatures",
     "create_clip",
     "encode_class_prompts",
+    "is_random_init",
 ]

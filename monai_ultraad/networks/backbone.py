@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 #: A 4-block randomly initialised CLIP shipped with the package for tests and smoke runs.
 TINY_BACKBONE = "UltraAD-Tiny-ViT"
 
+#: ``pretrained`` values that ask for random initialisation (with ``allow_random_init``), wherever weights are named
 RANDOM_INIT_NAMES = ("random", "none", "")
 
 # Register the package's own model configs (the tiny test model) with open_clip once.
@@ -67,7 +68,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _is_random(pretrained: str | None) -> bool:
+def is_random_init(pretrained: str | None) -> bool:
+    """Whether ``pretrained`` names random initialisation (None or one of :data:`RANDOM_INIT_NAMES`)."""
     return pretrained is None or str(pretrained).strip().lower() in RANDOM_INIT_NAMES
 
 
@@ -82,7 +84,7 @@ def uses_quick_gelu(model_name: str, pretrained: str | None) -> bool:
     For an open_clip tag, its pretrained config says so. For a local file, the architecture decides when every
     published weight of it uses QuickGELU (``ViT-L-14-336`` has only OpenAI's), and ``-quickgelu`` names always do.
     """
-    if model_name.endswith("-quickgelu") or _is_random(pretrained):
+    if model_name.endswith("-quickgelu") or is_random_init(pretrained):
         return False  # the -quickgelu configs set it themselves; random weights use the config as is
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if pretrained in tags:
@@ -150,7 +152,7 @@ def create_clip(
             f"unknown open_clip backbone '{model_name}'; choose one of open_clip.list_models(), "
             f"e.g. {DEFAULT_BACKBONE} (default) or {TINY_BACKBONE} (tiny, random init, for tests)"
         )
-    if _is_random(pretrained):
+    if is_random_init(pretrained):
         if not allow_random_init:
             raise WeightsError(
                 f"no pretrained weights given for backbone {model_name}. Pass an open_clip tag (e.g. 'openai') or a "
@@ -382,7 +384,8 @@ class ClipBackbone(nn.Module):
             model_name, pretrained, allow_random_init=allow_random_init, init_seed=init_seed, cache_dir=cache_dir
         )
         self.model_name = model_name
-        self.pretrained = None if _is_random(pretrained) else str(pretrained)
+        self.init_seed = int(init_seed)
+        self.pretrained = None if is_random_init(pretrained) else str(pretrained)
         visual = model.visual
         if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer"):
             raise WeightsError(f"backbone {model_name} is not a ViT CLIP image tower; UltraAD needs patch tokens")

@@ -19,7 +19,7 @@ on images is the same computation with the backbone in front.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -79,7 +79,21 @@ class UltraADOutput:
 
 @dataclass
 class UltraADConfig:
-    """Every hyperparameter needed to rebuild an :class:`UltraAD` (stored in checkpoints)."""
+    """The one definition of UltraAD's hyperparameters and their defaults.
+
+    :class:`UltraAD` is built from it (its keyword arguments are these fields), checkpoints store
+    :meth:`to_dict` and rebuild the model with :meth:`from_dict`, and the bundle's ``network_def`` takes these
+    defaults (override one with e.g. ``--network_def#n_ctx 8``).
+
+    Attributes:
+        backbone, pretrained, feature_layers, init_seed: the frozen backbone (see :class:`ClipBackbone`).
+        class_names: image classes; index 0 must be the normal class.
+        n_ctx: learnable context tokens of the image-aware prompts.
+        fusion_heads: M of the cross-attention (a model records the divisor of the embedding width it used).
+        memory_alpha, memory_beta: weight and sharpness of the memory term.
+        map_temperature: scale of patch-prototype cosine similarities before the softmax (CLIP's 100).
+        image_aware_prompts, lesion_aware_text, use_memory, use_fusion: False switches a part off (paper ablations).
+    """
 
     backbone: str = DEFAULT_BACKBONE
     pretrained: str | None = DEFAULT_PRETRAINED
@@ -95,7 +109,6 @@ class UltraADConfig:
     use_memory: bool = True
     use_fusion: bool = True
     init_seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -103,24 +116,39 @@ class UltraADConfig:
         d["class_names"] = list(self.class_names)
         return d
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> UltraADConfig:
+        """The config :meth:`to_dict` wrote (missing fields: their defaults, as in checkpoints older than them).
+
+        Raises:
+            ValueError: a field this version does not know (a checkpoint of a newer version?).
+        """
+        values = {k: v for k, v in values.items() if k not in _RETIRED_FIELDS}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown UltraAD config fields {unknown}")
+        return cls(**values)
+
+
+#: config fields that earlier versions wrote and that never had an effect (``extra`` was always empty)
+_RETIRED_FIELDS = ("extra",)
+
 
 class UltraAD(nn.Module):
     """UltraAD on a frozen open_clip backbone.
 
     Args:
-        backbone: an existing :class:`ClipBackbone` (shared between models), or None to build one from the
-            arguments below.
-        backbone_name, pretrained, feature_layers, allow_random_init, init_seed: see :class:`ClipBackbone`.
-        class_names: image classes; index 0 must be the normal class.
-        n_ctx: learnable context tokens of the image-aware prompts.
-        fusion_heads: M of the cross-attention.
-        memory_alpha, memory_beta: weight and sharpness of the memory term.
-        map_temperature: scale of patch-prototype cosine similarities before the softmax (CLIP's 100).
-        image_aware_prompts, lesion_aware_text, use_memory, use_fusion: False switches a part off (paper ablations).
+        backbone: an existing :class:`ClipBackbone` (shared between models), or None to build one from the config's
+            ``backbone``, ``pretrained``, ``feature_layers`` and ``init_seed``.
+        config: the hyperparameters (default: :class:`UltraADConfig`'s defaults).
+        seed: when given, the head's learnable parameters are initialised from it (the global RNG is left as it
+            was); None uses the global RNG.
+        allow_random_init, cache_dir: for building the backbone (see :class:`ClipBackbone`).
+        **overrides: fields of :class:`UltraADConfig` replacing those of ``config`` (e.g. ``use_memory=False``).
 
     Example::
 
-        model = UltraAD(backbone_name="ViT-L-14-336", pretrained="/models/ViT-L-14-336.pt")
+        model = UltraAD(config=UltraADConfig(backbone="ViT-L-14-336", pretrained="/models/ViT-L-14-336.pt"))
         model.setup_memory(support_features, support_labels)
         out = model(images)  # UltraADOutput
     """
@@ -128,66 +156,57 @@ class UltraAD(nn.Module):
     def __init__(
         self,
         backbone: ClipBackbone | None = None,
+        config: UltraADConfig | None = None,
         *,
-        backbone_name: str = DEFAULT_BACKBONE,
-        pretrained: str | None = DEFAULT_PRETRAINED,
-        feature_layers: Sequence[int] | None = DEFAULT_FEATURE_LAYERS,
+        seed: int | None = None,
         allow_random_init: bool = False,
-        init_seed: int = 0,
-        class_names: Sequence[str] = CLASS_NAMES,
-        n_ctx: int = 4,
-        fusion_heads: int = 8,
-        memory_alpha: float = 10.0,
-        memory_beta: float = 5.5,
-        map_temperature: float = 100.0,
-        image_aware_prompts: bool = True,
-        lesion_aware_text: bool = True,
-        use_memory: bool = True,
-        use_fusion: bool = True,
         cache_dir: str | None = None,
+        **overrides: Any,
     ) -> None:
         super().__init__()
+        config = config or UltraADConfig()
+        try:
+            config = replace(config, **overrides)
+        except TypeError as exc:
+            raise TypeError(f"UltraAD: {exc} (its keyword arguments are the fields of UltraADConfig)") from None
         if backbone is None:
             backbone = ClipBackbone(
-                backbone_name,
-                pretrained,
-                feature_layers,
+                config.backbone,
+                config.pretrained,
+                config.feature_layers,
                 allow_random_init=allow_random_init,
-                init_seed=init_seed,
+                init_seed=config.init_seed,
                 cache_dir=cache_dir,
             )
-        if list(class_names)[NORMAL_INDEX] != "normal" or len(class_names) < 2:
+        class_names = tuple(config.class_names)
+        if class_names[NORMAL_INDEX] != "normal" or len(class_names) < 2:
             raise ValueError(f"class_names must start with 'normal' and have at least 2 classes, got {class_names}")
         self.backbone = backbone
-        self.class_names = tuple(class_names)
+        self.class_names = class_names
         dim = backbone.embed_dim
-        heads = fusion_heads
+        heads = config.fusion_heads
         while dim % heads:  # small test backbones: fall back to a divisor of D
             heads -= 1
-        self.config = UltraADConfig(
-            backbone=backbone.model_name,
-            pretrained=backbone.pretrained,
-            feature_layers=backbone.feature_layers,
-            class_names=self.class_names,
-            n_ctx=n_ctx,
-            fusion_heads=heads,
-            memory_alpha=memory_alpha,
-            memory_beta=memory_beta,
-            map_temperature=map_temperature,
-            image_aware_prompts=image_aware_prompts,
-            lesion_aware_text=lesion_aware_text,
-            use_memory=use_memory,
-            use_fusion=use_fusion,
-            init_seed=init_seed,
-        )
+        # what this model is: the backbone it runs on, and the heads it uses (rebuilding from it gives this model)
+        self.config = replace(config, backbone=backbone.model_name, pretrained=backbone.pretrained,
+                              feature_layers=backbone.feature_layers, init_seed=backbone.init_seed,
+                              class_names=class_names, fusion_heads=heads)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self._build_head(config, dim, heads)
+
+    def _build_head(self, config: UltraADConfig, dim: int, heads: int) -> None:
+        backbone = self.backbone
         self.mininet = ClassTokenMiniNet(dim)
-        self.prompt_learner = ImageAwarePromptLearner(backbone.text, dim, n_ctx=n_ctx, image_aware=image_aware_prompts)
+        self.prompt_learner = ImageAwarePromptLearner(backbone.text, dim, n_ctx=config.n_ctx, image_aware=config.image_aware_prompts)
         self.adapter = MultiLevelPatchAdapter(len(backbone.feature_layers), backbone.vision_width, dim)
-        prompts = LESION_AWARE_PROMPTS if lesion_aware_text else GENERIC_CLASS_PROMPTS
+        prompts = LESION_AWARE_PROMPTS if config.lesion_aware_text else GENERIC_CLASS_PROMPTS
         class_text = encode_class_prompts(backbone.text, prompts, self.class_names)
-        self.memory = FewShotMemoryBank(class_text, alpha=memory_alpha, beta=memory_beta, use_memory=use_memory)
-        self.fusion = PatchLanguageFusion(dim, heads) if use_fusion else None
-        self.map_temperature = map_temperature
+        self.memory = FewShotMemoryBank(class_text, alpha=config.memory_alpha, beta=config.memory_beta,
+                                        use_memory=config.use_memory)
+        self.fusion = PatchLanguageFusion(dim, heads) if config.use_fusion else None
+        self.map_temperature = config.map_temperature
         # temperature + class bias fitted on validation images after training (identity before)
         self.calibration = LogitCalibration(len(self.class_names))
 

@@ -1,6 +1,7 @@
 """MONAI/ignite engines, datasets, handlers and inference pieces for UltraAD (used by the bundle configs)."""
 
 from monai_ultraad.workflows.datasets import EvalFeatureDataset, ShotFeatureDataset, collate_eval
+from monai_ultraad.workflows.engines import FewShotEvaluator, FewShotTrainer
 from monai_ultraad.workflows.handlers import (
     BestHeadKeeper,
     EvaluationReportWriter,
@@ -14,7 +15,6 @@ from monai_ultraad.workflows.inference import (
     output_value,
     ultraad_postprocessing,
 )
-from monai_ultraad.workflows.engines import FewShotEvaluator, FewShotTrainer
 
 __all__ = [
     "BestHeadKeeper",

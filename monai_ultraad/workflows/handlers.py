@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
+from monai_ultraad.checkpoint import save_checkpoint
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
-from monai_ultraad.engine import (
-    SELECTION_METRICS,
-    TrainConfig,
-    _selection_score,
-    calibrate,
-    choose_threshold,
-    save_checkpoint,
-    validation_batches,
-)
-from monai_ultraad.workflows.datasets import EvalFeatureDataset
+from monai_ultraad.engine import TrainConfig, finish_fit, validation_batches
 from monai_ultraad.io_utils import atomic_write_json
 from monai_ultraad.metrics import UltraADEvaluator
 from monai_ultraad.networks.ultraad import UltraAD
+from monai_ultraad.selection import BestEpoch, selection_score
 from monai_ultraad.visualize import plot_prediction_rocs
+from monai_ultraad.workflows.datasets import EvalFeatureDataset
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +53,7 @@ class UltraADMetric(Metric):
 
     def compute(self) -> float:
         self.last_result = self._evaluator.compute()
-        return _selection_score(self.last_result)
+        return selection_score(self.last_result)
 
     def completed(self, engine: Engine, name: str) -> None:
         engine.state.metrics[name] = self.compute()
@@ -71,43 +62,38 @@ class UltraADMetric(Metric):
                 engine.state.metrics[key] = value
 
 
-class BestHeadKeeper:
-    """Keeps a copy of the head weights of the epoch with the best validation score (attach to the evaluator).
+class BestHeadKeeper(BestEpoch):
+    """:class:`~monai_ultraad.selection.BestEpoch` as a handler of the validation evaluator: after each validation
+    pass it records the epoch's metrics (those of the evaluator's :class:`UltraADMetric`, ``metric``).
 
     Model selection uses validation images only; the test set is never seen during training.
     """
 
-    def __init__(self, network: UltraAD, metric_name: str = "val_score") -> None:
-        self.network = network
-        self.metric_name = metric_name
-        self.best_score = -math.inf
-        self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_metrics: dict[str, Any] = {}
+    def __init__(self, network: UltraAD, metric: UltraADMetric) -> None:
+        super().__init__()
+        self.network, self.metric = network, metric
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        score = engine.state.metrics.get(self.metric_name, float("nan"))
-        if score is not None and not math.isnan(score) and score > self.best_score:
-            self.best_score, self.best_epoch = float(score), int(engine.state.epoch)
-            self.best_state = copy.deepcopy(self.network.head_state_dict())
-            self.best_metrics = {k: engine.state.metrics.get(k) for k in SELECTION_METRICS}
-            logger.info("new best validation score %.4f at epoch %d", self.best_score, self.best_epoch)
+        self.update(engine.state.epoch, self.metric.last_result, self.network)
 
 
 class FewShotCheckpointSaver:
-    """At the end of training: restore the best epoch, choose the heatmap threshold on validation, save.
+    """At the end of training: :func:`~monai_ultraad.engine.finish_fit` (best epoch restored, calibration and
+    heatmap threshold chosen on validation), then :func:`~monai_ultraad.checkpoint.save_checkpoint`, both as
+    :func:`~monai_ultraad.engine.fit` and the CLI do.
 
     Attach to the trainer. Writes ``save_path`` atomically with the head weights and provenance (model config,
-    backbone and its weights id, seed, shot / validation / test ids, hyperparameters, threshold, versions).
+    backbone and its weights id, seed, shot / validation / test ids, hyperparameters, best epoch, threshold,
+    calibration, versions).
 
     Args:
         save_path: checkpoint file (e.g. ``models/model.pt``).
         network: the UltraAD model.
         keeper: the evaluator's :class:`BestHeadKeeper` (None: keep the last epoch).
-        validation: validation dataset used to choose the threshold (None or empty: threshold 0.5).
+        validation: validation dataset used for the calibration and the threshold (None or empty: threshold 0.5).
         split: the few-shot split (anything with ``to_dict()``) recorded in the checkpoint.
         train_config: hyperparameters to record (a dict, e.g. the bundle's).
         extra: more provenance to record (dataset, bundle version, ...).
@@ -132,30 +118,24 @@ class FewShotCheckpointSaver:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        notes = [RANDOM_WEIGHTS_WARNING] if self.network.random_weights else []
-        best_epoch = engine.state.epoch
-        if self.keeper is not None and self.keeper.best_state is not None:
-            self.network.load_head_state_dict(self.keeper.best_state)
-            self.network.to(next(self.network.parameters()).device)
-            best_epoch = self.keeper.best_epoch
-        else:
-            notes.append("no validation score: the last epoch was kept")
         batches = []
         if self.validation is not None and len(self.validation):
             batches = validation_batches(self.validation.data, self.validation.store)
-        calibration, calibration_notes = calibrate(self.network, batches)
-        self.threshold, threshold_notes = choose_threshold(self.network, batches)
-        notes += calibration_notes + threshold_notes
+        result = finish_fit(self.network, batches, self.keeper or BestEpoch(), engine.state.epoch)
+        if self.network.random_weights:
+            result.notes.insert(0, RANDOM_WEIGHTS_WARNING)
+        self.threshold = result.threshold
         known = set(TrainConfig.__dataclass_fields__)
         config = TrainConfig(**{k: v for k, v in self.train_config.items() if k in known})
         split = self.split.to_dict() if hasattr(self.split, "to_dict") else self.split
-        extra = {**self.extra, "bundle_train_config": self.train_config, "notes": notes, "calibration": calibration,
+        extra = {**self.extra, "bundle_train_config": self.train_config, "notes": result.notes,
                  "best_val_score": self.keeper.best_score if self.keeper else None}
-        save_checkpoint(self.save_path, self.network, threshold=self.threshold, train_config=config, split=split,
-                        extra=extra)
-        logger.info("saved %s (best epoch %d, validation threshold %.3f)", self.save_path, best_epoch, self.threshold)
-        engine.state.ultraad_checkpoint = {"path": str(self.save_path), "best_epoch": best_epoch,
-                                           "threshold": self.threshold}
+        save_checkpoint(self.save_path, self.network, threshold=result.threshold, train_config=config, split=split,
+                        fit_result=result, extra=extra)
+        logger.info("saved %s (best epoch %d, validation threshold %.3f)", self.save_path, result.best_epoch,
+                    result.threshold)
+        engine.state.ultraad_checkpoint = {"path": str(self.save_path), "best_epoch": result.best_epoch,
+                                           "threshold": result.threshold}
 
 
 class EvaluationReportWriter:

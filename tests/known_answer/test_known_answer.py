@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_ultraad import engine
+from monai_ultraad import checkpoint, engine
 from monai_ultraad.metrics import dice_threshold_curve
 from tests.known_answer.harness import prepare, run_method, run_ultraad
 from tests.known_answer.variants import broken
@@ -71,11 +71,11 @@ def test_validation_threshold_serves_the_map(known_answer, trained):
 
 def test_calibration_is_in_the_checkpoint(known_answer, trained, tmp_path):
     _, result, model = trained
-    path = engine.save_checkpoint(tmp_path / "model.pt", model, threshold=result.threshold, fit_result=result)
-    payload = engine.read_checkpoint(path)
+    path = checkpoint.save_checkpoint(tmp_path / "model.pt", model, threshold=result.threshold, fit_result=result)
+    payload = checkpoint.read_checkpoint(path)
     assert payload["calibration"]["temperature"] == pytest.approx(result.calibration["temperature"])
     assert {"ece", "balanced_accuracy"} <= set(payload["calibration"]["validation_before"])
-    reloaded, _ = engine.load_checkpoint(path, backbone=known_answer.backbone, allow_random_init=True)
+    reloaded, _ = checkpoint.load_checkpoint(path, backbone=known_answer.backbone, allow_random_init=True)
     feats = known_answer.store.get(known_answer.split.test[:4])
     torch.testing.assert_close(reloaded.forward_features(feats).class_logits, model.eval().forward_features(feats).class_logits)
 

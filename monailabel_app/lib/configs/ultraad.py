@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from monai_ultraad import engine
-from monai_ultraad.networks import DEFAULT_FEATURE_LAYERS, ClipBackbone
+from monai_ultraad.networks import DEFAULT_BACKBONE, DEFAULT_FEATURE_LAYERS, ClipBackbone, is_random_init
 from monai_ultraad.networks.ultraad import UltraAD
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ class UltraADSettings:
         pretrained = conf.get("pretrained", str(DEFAULT_WEIGHTS))
         model_dir = Path(conf.get("model_dir") or Path(app_dir) / "model").expanduser().resolve()
         return cls(
-            backbone=conf.get("backbone", "ViT-L-14-336"),
-            pretrained=None if pretrained.lower() in ("random", "none", "") else pretrained,
+            backbone=conf.get("backbone", DEFAULT_BACKBONE),
+            pretrained=None if is_random_init(pretrained) else pretrained,
             allow_random_init=str(conf.get("allow_random_init", "false")).lower() in TRUE,
             feature_layers=tuple(int(x) for x in layers.split(",")) if layers else tuple(DEFAULT_FEATURE_LAYERS),
             model_dir=model_dir,

@@ -5,7 +5,7 @@ Every ``final`` label is a training example; its image class comes from the labe
 the other labelled images are the validation set that picks the best epoch and the heatmap threshold (none: last
 epoch, threshold 0.5, and the checkpoint says so). Images and masks are handed to the engine as .npy arrays in the
 model folder, because the datastore holds NIfTI converted from DICOM that the engine's PIL loader does not read.
-The checkpoint is engine.save_checkpoint's (atomic, full provenance), so the CLI, the bundle and the deploy app read
+The checkpoint is monai_ultraad.checkpoint.save_checkpoint's (atomic, full provenance), so the CLI, the bundle and the deploy app read
 it too.
 """
 
@@ -29,6 +29,7 @@ from lib.configs.ultraad import ModelProvider
 from lib.datastore.labels import label_class
 from lib.imageio import read_label, read_picture
 from monai_ultraad import engine
+from monai_ultraad.checkpoint import save_checkpoint
 from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
 from monai_ultraad.data import sample_k_shot
 from monai_ultraad.errors import InputDataError, UltraADError
@@ -121,7 +122,7 @@ class UltraADTrain(TrainTask):
         result = engine.fit(model, shots, validation, store, config, progress=False)
         fit_seconds = time.perf_counter() - fit_start
         split = {"shots": sorted(shot_ids), "validation": sorted(it["id"] for it in validation), "test": []}
-        engine.save_checkpoint(
+        save_checkpoint(
             settings.checkpoint, model, threshold=result.threshold, train_config=config, split=split,
             fit_result=result,
             extra={"source": "monailabel_app", "datastore": datastore.name(), "class_counts": dict(counts),
@@ -130,7 +131,7 @@ class UltraADTrain(TrainTask):
         scores = [float(r["val_score"]) for r in result.history if not math.isnan(float(r.get("val_score", math.nan)))]
         stats = {
             # the keys MONAI Label's Slicer module reads (plugins/slicer/MONAILabel/MONAILabel.py): the accuracy bar
-            # shows best_metric (here the best validation selection score, mean of engine.SELECTION_METRICS; 0
+            # shows best_metric (here the best validation selection score, mean of monai_ultraad.selection.SELECTION_METRICS; 0
             # without validation), the progress bar epoch / total_epochs, and total_time marks a finished run
             "best_metric": max(scores) if scores else 0.0,
             "epoch": len(result.history),
