@@ -1,4 +1,4 @@
-"""MONAI/ignite engines, datasets, handlers and inference pieces for UltraAD (used by the bundle configs)."""
+"""MONAI/ignite engines, datasets, handlers and export wrapper for UltraAD (used by the bundle configs)."""
 
 from monai_ultraad.engines.datasets import EvalFeatureDataset, ShotFeatureDataset, collate_eval
 from monai_ultraad.engines.handlers import (
@@ -7,13 +7,7 @@ from monai_ultraad.engines.handlers import (
     FewShotCheckpointSaver,
     UltraADMetric,
 )
-from monai_ultraad.engines.inference import (
-    PredictionTableWriter,
-    UltraADInferer,
-    UltraADTensorNet,
-    output_value,
-    ultraad_postprocessing,
-)
+from monai_ultraad.engines.inference import UltraADTensorNet, output_value
 from monai_ultraad.engines.workflows import FewShotEvaluator, FewShotTrainer
 
 __all__ = [
@@ -23,12 +17,9 @@ __all__ = [
     "FewShotCheckpointSaver",
     "FewShotEvaluator",
     "FewShotTrainer",
-    "PredictionTableWriter",
     "ShotFeatureDataset",
-    "UltraADInferer",
     "UltraADMetric",
     "UltraADTensorNet",
     "collate_eval",
     "output_value",
-    "ultraad_postprocessing",
 ]
