@@ -1,13 +1,15 @@
 """Latency of the deploy app's per-image work: decode, UltraAD, SEG + SR + overlay writing.
 
 Measures a single-frame ultrasound image and the 65-frame cine loop of ../shared/data/dicom (fo-dicom/DIRW0007.dcm,
-JPEG baseline), in process, stage by stage (the app's operators call exactly these functions). Prints a table;
-writes DICOM objects only into a temporary folder.
+JPEG baseline), in process, stage by stage, as the app's operators do it: frames streamed from the file through
+:class:`monai_ultraad.inference.Predictor` (decode and UltraAD interleave; "decode" is the time spent in the frame
+iterator), float16 heatmaps kept per frame, then SEG + SR, and the overlay from the frames decoded again. Prints a
+table; writes DICOM objects only into a temporary folder.
 
 ``--memory`` instead runs each case in a fresh process and reports its peak resident memory (``ru_maxrss``) and the
 part above the process after model loading: a single image, the 120-frame cine of pydicom-data
 (color3d_jpeg_baseline.dcm) at 30, 60 and 120 frames (does memory grow with loop length?) and a rejected file
-(JPEG XL, refused before decoding).
+(that cine cut to 64 KiB: refused when opened, before any frame is decoded).
 
     python -m benchmarks.deploy_latency --backbone ViT-L-14-336 --repeats 3
     python -m benchmarks.deploy_latency --checkpoint bundle/models/model.pt
@@ -32,29 +34,24 @@ import torch
 
 from monai_ultraad import engine
 from monai_ultraad.data import default_data_dir
-from monai_ultraad.dicom.inference import predict_frames
-from monai_ultraad.dicom.reader import read_ultrasound
-from monai_ultraad.dicom.writers import (
-    AlgorithmInfo,
-    FramePrediction,
-    UIDFactory,
-    write_overlay,
-    write_report,
-    write_segmentations,
-)
+from monai_ultraad.dicom.reader import open_ultrasound
+from monai_ultraad.dicom.writers import AlgorithmInfo, UIDFactory, write_overlay, write_report, write_segmentations
+from monai_ultraad.inference import Predictor, analysis_windows
 from monai_ultraad.networks import ClipBackbone, UltraAD
-from monai_ultraad.visualize import overlay_heatmap
+from monai_ultraad.visualize import overlay_frames
 
 CASES = {"single frame (US1_UNCR, 480x640 RGB)": "pydicom-data/US1_UNCR.dcm",
          "65-frame cine (DIRW0007, 456x576 JPEG)": "fo-dicom/DIRW0007.dcm"}
 
+
+TRUNCATED = "truncated:"  # a case made by cutting the named file to 64 KiB
 
 MEMORY_CASES = [
     ("single frame (US1_UNCR, 480x640 RGB)", "pydicom-data/US1_UNCR.dcm", None),
     ("cine, 30 of 120 frames (color3d, 480x640 JPEG)", "pydicom-data/color3d_jpeg_baseline.dcm", 30),
     ("cine, 60 of 120 frames", "pydicom-data/color3d_jpeg_baseline.dcm", 60),
     ("cine, all 120 frames", "pydicom-data/color3d_jpeg_baseline.dcm", None),
-    ("rejected (JPEG XL, will-jxl)", "dcm4che/will-jxl.dcm", None),
+    ("rejected (color3d cut to 64 KiB: truncated)", TRUNCATED + "pydicom-data/color3d_jpeg_baseline.dcm", None),
 ]
 
 
@@ -77,28 +74,41 @@ def build_model(args) -> UltraAD:
 
 
 def run_case(model, path: Path, out: Path, args) -> dict[str, float]:
-    times = {}
+    times = {"decode": 0.0}
+
+    def timed(frames):  # the time spent decoding, inside the streamed loop
+        iterator = iter(frames)
+        while True:
+            t = time.perf_counter()
+            frame = next(iterator, None)
+            times["decode"] += time.perf_counter() - t
+            if frame is None:
+                return
+            yield frame
+
     t = time.perf_counter()
-    image = read_ultrasound(path, frame_step=args.frame_step, max_frames=getattr(args, "max_frames", None))
-    times["decode"] = time.perf_counter() - t
+    image = open_ultrasound(path, frame_step=args.frame_step, max_frames=getattr(args, "max_frames", None))
+    windows = analysis_windows(image.tissue_regions, image.rows, image.cols)
+    times["decode"] += time.perf_counter() - t
     t = time.perf_counter()
-    results = predict_frames(model, image.frames, image.frame_numbers, image.tissue_regions, batch_size=args.batch_size)
+    predictor = Predictor(model, 0.5, batch_size=args.batch_size)
+    preds = [p.compact() for p in predictor.predict_frames(timed(image.iter_frames()), image.frame_numbers,
+                                                           path.name, windows)]
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
-    times["UltraAD"] = time.perf_counter() - t
+    times["UltraAD"] = time.perf_counter() - t - times["decode"]
     algorithm = AlgorithmInfo(version="bench", backbone=model.backbone.model_name, weights_id=model.backbone.weights_id,
                               checkpoint_sha256="0" * 64, random_weights=model.random_weights)
-    preds = [FramePrediction(r.frame_number, r.heatmap, r.class_probs, r.anomaly_score) for r in results]
-    source = pydicom.dcmread(path)
+    source = pydicom.dcmread(path, defer_size="1 MB")  # as the app's writers read it
     uids = UIDFactory(None)
     t = time.perf_counter()
     _, binary = write_segmentations(source, preds, 0.5, out, algorithm, uids)
     write_report(source, pydicom.dcmread(binary), preds, 0.5, out, algorithm, uids)
-    overlays = np.stack([overlay_heatmap(image.frames[i], r.heatmap, threshold=0.5) for i, r in enumerate(results)])
-    write_overlay(source, overlays, out, algorithm, uids, frame_numbers=[r.frame_number for r in results])
+    overlays = overlay_frames(image.iter_frames(), [p.heatmap for p in preds], 0.5)
+    write_overlay(source, overlays, out, algorithm, uids, frame_numbers=[p.frame_number for p in preds])
     times["write SEG+SR+SC"] = time.perf_counter() - t
     times["total"] = sum(times.values())
-    times["frames"] = len(results)
+    times["frames"] = len(preds)
     return times
 
 
@@ -109,8 +119,13 @@ def measure_one(model, rel: str, args) -> dict:
     before = _peak_rss_mb()
     outcome = "processed"
     with tempfile.TemporaryDirectory() as tmp:
+        path = default_data_dir() / "dicom" / rel.removeprefix(TRUNCATED)
+        if rel.startswith(TRUNCATED):
+            cut = Path(tmp) / "truncated.dcm"
+            cut.write_bytes(path.read_bytes()[: 64 * 1024])
+            path = cut
         try:
-            times = run_case(model, default_data_dir() / "dicom" / rel, Path(tmp), args)
+            times = run_case(model, path, Path(tmp), args)
         except UnsupportedDicomError as exc:
             times, outcome = {"frames": 0, "total": 0.0}, f"rejected: {exc.reason[:60]}"
     return {"rss_after_model_mb": before, "peak_rss_mb": _peak_rss_mb(), "outcome": outcome, **times}

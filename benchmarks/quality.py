@@ -121,7 +121,7 @@ def fire_rates_bra(root: Path, thresholds: dict[str, float], max_images: int | N
 
 
 def fire_dicom(root: Path, thresholds: dict[str, float]) -> list[dict]:
-    from monai_ultraad.dicom.inference import analysis_windows
+    from monai_ultraad.inference import analysis_windows
     from monai_ultraad.dicom.reader import read_ultrasound
 
     out = []

@@ -237,21 +237,27 @@ class UltraADCLI:
         Every JSON states the input gate's flags (``input_quality``: colour Doppler / elastography overlay, calliper
         or annotation marks). ``--refuse_flagged``: a flagged image is not analysed; its JSON says why.
         """
-        from monai_ultraad import engine, mvfa_engine
+        from monai_ultraad import mvfa_engine
+        from monai_ultraad.inference import Predictor
+        from monai_ultraad.prediction_files import predict_files
 
-        load = mvfa_engine.load_checkpoint if mvfa_engine.is_mvfa_checkpoint(checkpoint) else engine.load_checkpoint
-        model, payload = load(checkpoint, pretrained=pretrained, allow_random_init=allow_random_init, device=_device(device))
-        _banner(model.random_weights)
         paths: list[Path] = []
         for entry in _as_list(images):
             p = Path(entry)
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        if mvfa_engine.is_mvfa_checkpoint(checkpoint):
+            model, payload = mvfa_engine.load_checkpoint(checkpoint, pretrained=pretrained,
+                                                         allow_random_init=allow_random_init, device=_device(device))
+            _banner(model.random_weights)
+            if not paths:
+                raise UltraADError("no images given to predict")
+            return mvfa_engine.predict_images(model, paths, Path(output_dir), float(payload["threshold"]), progress)
+        predictor = Predictor.from_checkpoint(checkpoint, pretrained=pretrained, allow_random_init=allow_random_init,
+                                              device=_device(device))
+        _banner(predictor.random_weights)
         if not paths:
             raise UltraADError("no images given to predict")
-        if load is mvfa_engine.load_checkpoint:
-            return mvfa_engine.predict_images(model, paths, Path(output_dir), float(payload["threshold"]), progress)
-        return predict_images(model, paths, Path(output_dir), float(payload["threshold"]), progress=progress,
-                              refuse_flagged=refuse_flagged)
+        return predict_files(predictor, paths, output_dir, refuse_flagged=refuse_flagged, progress=progress)
 
 
 #: ``fewshot``'s defaults: an ``--epochs`` / ``--lr`` left at UltraAD's default gives MVFA its own (50, 1e-3).
@@ -295,43 +301,6 @@ def _mvfa_evaluate(args: dict) -> dict:
         atomic_write_json(out / "metrics.json", metrics, nan_as_null=True)
         atomic_write_json(out / "predictions.json", predictions)
     return metrics
-
-
-def predict_images(model, paths: Sequence[Path], output_dir: Path, threshold: float, progress: bool = True,
-                   refuse_flagged: bool = False) -> list[dict]:
-    """Run UltraAD on image files; per image write ``<stem>_heatmap.nii.gz``, ``<stem>_heatmap.png`` and
-    ``<stem>.json`` into ``output_dir``, plus ``predictions.csv`` for all of them."""
-    from tqdm.auto import tqdm
-
-    from monai_ultraad import quality
-    from monai_ultraad.data import ultraad_preprocessing
-    from monai_ultraad.data.postprocessing import output_stem
-    from monai_ultraad.data.transforms import apply_pipeline
-    from monai_ultraad.workflows import PredictionTableWriter, UltraADInferer, ultraad_postprocessing
-
-    pre = ultraad_preprocessing(model.image_size, model.backbone.mean, model.backbone.std, with_mask=False)
-    post = ultraad_postprocessing(str(output_dir), threshold, model.class_names, model.describe(), model.random_weights)
-    inferer, table = UltraADInferer(), PredictionTableWriter(str(output_dir), model.class_names)
-    param = next(model.parameters())
-    stems = [output_stem(p) for p in paths]
-    if len(set(stems)) != len(stems):
-        raise UltraADError("two input images share a file name; their outputs would overwrite each other")
-    results = []
-    model.eval()
-    for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
-        if refuse_flagged and (refused := quality.refuse_file(path, output_dir)) is not None:
-            print(f"ultraad: {refused['reason']}", file=sys.stderr)
-            results.append(refused)
-            continue
-        data = apply_pipeline(pre, {"image": str(path)})
-        image = data["image"].as_tensor() if hasattr(data["image"], "as_tensor") else data["image"]
-        pred = inferer(image[None].to(param.device), model)
-        data["pred"] = {k: v[0].cpu() for k, v in pred.items()}
-        out = apply_pipeline(post, data)
-        table.add(out["prediction_record"])
-        results.append(out["prediction_record"])
-    table.write()
-    return results
 
 
 def _subsample(items: list[dict], n: int, seed: int) -> list[dict]:

@@ -315,8 +315,8 @@ def load_checkpoint(path: str | os.PathLike, *, pretrained: str | None = None, a
 def predict_images(model: MVFA, paths: Sequence[Path], output_dir: Path, threshold: float,
                    progress: bool = True) -> list[dict]:
     """Per image ``<stem>_heatmap.png`` (overlay, contour at the validation threshold) and ``<stem>.json``."""
-    from monai_ultraad.data.postprocessing import output_stem
     from monai_ultraad.data.transforms import load_image_array
+    from monai_ultraad.prediction_files import output_stem
     from monai_ultraad.visualize import save_overlay_png
 
     stems = [output_stem(p) for p in paths]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from monai_ultraad.io_utils import atomic_write_bytes
 
 __all__ = [
     "SHORT_RANDOM_WEIGHTS_WARNING",
+    "overlay_frames",
     "overlay_heatmap",
     "plot_prediction_rocs",
     "plot_roc_curves",
@@ -141,6 +142,20 @@ def overlay_heatmap(
             raise ValueError(f"contour_mask shape {gt.shape} does not match image shape {(h, w)}")
         # Drawn last so the ground truth stays visible where both outlines coincide.
         out[_boundary(gt > 0.5, thickness)] = gt_color
+    return out
+
+
+def overlay_frames(frames: Iterable[np.ndarray], heatmaps: Sequence[Any], threshold: float) -> np.ndarray:
+    """(F, rows, cols, 3) uint8: :func:`overlay_heatmap` of each frame (taken from ``frames`` one at a time, e.g. a
+    streamed cine loop) with its heatmap and a contour at ``threshold``; filled in place, no list of copies."""
+    out: np.ndarray | None = None
+    for i, (frame, heatmap) in enumerate(zip(frames, heatmaps, strict=True)):
+        blended = overlay_heatmap(frame, heatmap, threshold=threshold)
+        if out is None:
+            out = np.empty((len(heatmaps), *blended.shape), np.uint8)
+        out[i] = blended
+    if out is None:
+        raise ValueError("no frames to overlay")
     return out
 
 

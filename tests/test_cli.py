@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from monai_ultraad.cli import main
+from tests.record_schema import check_record
 
 TINY = ["--backbone", "UltraAD-Tiny-ViT", "--pretrained", "random", "--allow_random_init", "--feature_layers", "1,2,3,4"]
 
@@ -49,9 +50,9 @@ def test_predict_writes_overlay_and_probabilities(trained, synthetic_dataset, tm
     main(["predict", "--checkpoint", str(trained / "seed0" / "model.pt"), "--images", ",".join(map(str, images)),
           "--output_dir", str(tmp_path), "--allow_random_init", "--progress", "False", "--device", "cpu"])
     for image in images:
-        record = json.loads((tmp_path / f"{image.stem}.json").read_text())
-        assert abs(sum(record["probabilities"].values()) - 1) < 1e-5
-        assert record["predicted_class"] in record["probabilities"]
+        record = check_record(json.loads((tmp_path / f"{image.stem}.json").read_text()))
+        assert abs(sum(record["class_probabilities"].values()) - 1) < 1e-5
+        assert record["predicted_class"] in record["class_probabilities"] and record["image"] == image.name
         assert record["random_weights"] and "RANDOM WEIGHTS" in record["warning"]
         overlay = Image.open(tmp_path / f"{image.stem}_heatmap.png")
         assert overlay.width >= Image.open(image).width

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pydicom
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from monai_ultraad.dicom.writers import AlgorithmInfo, FramePrediction, UIDFactory
+from monai_ultraad.dicom.writers import AlgorithmInfo, UIDFactory
+from monai_ultraad.inference import Prediction
 
 from .output_folder import OutputFolder
 from .source_work import SourceWork
@@ -23,8 +24,10 @@ def algorithm_info(model) -> AlgorithmInfo:
     )
 
 
-def frame_predictions(result) -> list[FramePrediction]:
-    return [FramePrediction(f.frame_number, f.heatmap, f.class_probs, f.anomaly_score) for f in result.frames]
+def frame_predictions(result) -> list[Prediction]:
+    """The image's predictions (:class:`monai_ultraad.inference.Prediction`, float16 heatmaps), which the writers
+    take as they are (they read ``frame_number``, ``heatmap``, ``class_probs``, ``anomaly_score``)."""
+    return result.predictions
 
 
 def source_dataset(result) -> pydicom.Dataset:

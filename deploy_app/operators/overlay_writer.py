@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from monai_ultraad.dicom.writers import write_overlay
-from monai_ultraad.visualize import overlay_heatmap
+from monai_ultraad.visualize import overlay_frames
 
 from ._dicom_outputs import SourceWriterOperator, algorithm_info, source_dataset, uid_factory
 from .source_work import SourceWork
@@ -19,9 +17,10 @@ class OverlayWriterOperator(SourceWriterOperator):
 
     def write(self, work: SourceWork) -> None:
         result = work.result
-        frames = np.empty(result.image.frames.shape, np.uint8)  # filled frame by frame: no list of copies
-        for i, f in enumerate(result.frames):
-            frames[i] = overlay_heatmap(result.image.frames[i], f.heatmap, threshold=result.model.threshold)
+        # the source frames are decoded again, one at a time (the inference step kept none of them)
+        frames = overlay_frames(result.image.iter_frames(), [p.heatmap for p in result.predictions],
+                                result.model.threshold)
         path = write_overlay(source_dataset(result), frames, work.staging, algorithm_info(result.model),
-                             uid_factory(self.uid_seed, result), frame_numbers=[f.frame_number for f in result.frames])
+                             uid_factory(self.uid_seed, result),
+                             frame_numbers=[p.frame_number for p in result.predictions])
         work.add("overlay", path)

@@ -41,7 +41,7 @@ class PublisherOperator(Operator):
                 except OSError as exc:
                     work.fail(f"outputs not published: {exc.strerror or exc}")
                 else:
-                    self.report.done(work.path, published)
+                    self.report.done(work.path, published, work.records)
                     logger.info("published %d object(s) of %s", len(published), work.name)
             if not work.ok:
                 if work.staging is not None:

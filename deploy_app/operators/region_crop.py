@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monai.deploy.core import Operator, OperatorSpec
 
-from monai_ultraad.dicom.inference import analysis_windows
+from monai_ultraad.inference import analysis_windows
 
 from .source_work import SourceWork
 
@@ -21,8 +21,7 @@ class RegionCropOperator(Operator):
         work: SourceWork = op_input.receive("source")
         if work.ok:
             try:
-                rows, cols = work.image.frames.shape[1:3]
-                work.windows = analysis_windows(work.image.tissue_regions, rows, cols)
+                work.windows = analysis_windows(work.image.tissue_regions, work.image.rows, work.image.cols)
             except Exception as exc:  # noqa: BLE001
                 work.fail(f"analysis windows: {type(exc).__name__}: {exc}")
         op_output.emit(work, "source")

@@ -31,6 +31,7 @@ class RunReport:
     _decided: set[str] = field(default_factory=set, repr=False)
     refused: list[dict[str, str]] = field(default_factory=list)  # flagged by the input gate, --refuse-flagged
     input_quality: dict[str, dict] = field(default_factory=dict)  # file name -> the input gate's flags
+    predictions: dict[str, list[dict]] = field(default_factory=dict)  # file name -> prediction record per frame
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def name(self, path: Path | str) -> str:
@@ -79,7 +80,9 @@ class RunReport:
                 self.refused.append({"file": name, "reason": reason})
         logger.warning("refused %s", reason)
 
-    def done(self, path: Path | str, outputs: list[Path] | None = None) -> None:
+    def done(self, path: Path | str, outputs: list[Path] | None = None, records: list[dict] | None = None) -> None:
+        """A processed source: its published objects and its prediction records (monai_ultraad.records, one per
+        analysed frame)."""
         name = self.name(path)
         files = [Path(p).name for p in outputs or []]
         with self._lock:
@@ -87,6 +90,8 @@ class RunReport:
                 self.processed.append(name)
                 self.outputs.extend(files)
                 self.outputs_by_source[name] = files
+                if records is not None:
+                    self.predictions[name] = list(records)
 
     def not_start(self, path: Path | str) -> None:
         name = self.name(path)
@@ -111,7 +116,7 @@ class RunReport:
         summary = {"processed": self.processed, "skipped": self.skipped, "failed": self.failed,
                    "not_started": self.not_started, "outputs": self.outputs,
                    "outputs_by_source": self.outputs_by_source, "warnings": self.warnings,
-                   "refused": self.refused, "input_quality": self.input_quality,
+                   "refused": self.refused, "input_quality": self.input_quality, "predictions": self.predictions,
                    "exit_code": self.exit_code}
         if self.stopped_by:
             summary["stopped_by"] = self.stopped_by

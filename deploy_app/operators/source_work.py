@@ -18,6 +18,7 @@ class SourceWork:
     staging: Path | None = None  # the hidden folder its objects are written into (operators.output_folder)
     objects: dict[str, Path] = field(default_factory=dict)  # kind ("seg_binary", "sr", ...) -> staged file
     quality: dict | None = None  # the input gate's flags (monai_ultraad.quality.InputQuality.to_dict())
+    records: list[dict] | None = None  # prediction records (monai_ultraad.records), one per analysed frame
     outcome: str | None = None  # None while all is well; "failed", "skipped" or "refused" (``reason`` says why)
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -45,4 +46,4 @@ class SourceWork:
 
     def release(self) -> None:
         """Drop the pixel data and heatmaps once the source is done (memory stays bounded by one source)."""
-        self.image = self.windows = self.result = None
+        self.image = self.windows = self.result = None  # (records are small: kept for the run report)

@@ -1,4 +1,7 @@
-"""Step 4: UltraAD on every analysed window of every frame; heatmaps back in the full frame geometry."""
+"""Step 4: UltraAD (the library's :class:`~monai_ultraad.inference.Predictor`) on every analysed window of every
+frame, streamed: frames are decoded and scored a batch at a time and each frame keeps only its float16 heatmap
+(:func:`~monai_ultraad.inference.compact_heatmap`) and its prediction record, so memory does not hold the loop's
+decoded frames or float32 heatmaps."""
 
 from __future__ import annotations
 
@@ -6,15 +9,17 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from monai_ultraad import engine
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
-from monai_ultraad.dicom.inference import FrameResult, predict_frames
+from monai_ultraad.dicom.reader import UnsupportedDicomError
 from monai_ultraad.errors import WeightsError
+from monai_ultraad.inference import Prediction, Predictor, model_provenance
 from monai_ultraad.networks.backbone import sha256_file
-from monai_ultraad.quality import InputQuality, assess_frames, refusal_reason
+from monai_ultraad.quality import InputQuality, assess_frames, gate_positions, refusal_reason
 
 from .source_work import SourceWork
 
@@ -37,8 +42,8 @@ class ModelInfo:
 
 @dataclass
 class ImageResult:
-    image: object  # monai_ultraad.dicom.reader.UltrasoundImage
-    frames: list[FrameResult]
+    image: object  # monai_ultraad.dicom.reader.UltrasoundImage, opened for streaming (frames decoded on demand)
+    predictions: list[Prediction]  # one per analysed frame, float16 heatmaps
     model: ModelInfo
     quality: InputQuality | None = None  # the input gate's flags (stated in the SR and the run report)
 
@@ -81,7 +86,7 @@ class UltraADInferenceOperator(Operator):
         self.load_error: str | None = None
         self.allow_random_init, self.batch_size = allow_random_init, batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = None
+        self.predictor: Predictor | None = None
         self.info: ModelInfo | None = None
         super().__init__(fragment, *args, **kwargs)
 
@@ -95,9 +100,12 @@ class UltraADInferenceOperator(Operator):
             checkpoint, pretrained=str(backbone) if backbone else None,
             allow_random_init=self.allow_random_init, device=self.device,
         )
-        self.model = model
+        sha = sha256_file(checkpoint)
+        self.predictor = Predictor(model, float(payload["threshold"]),
+                                   model_provenance(model, checkpoint, payload, checkpoint_sha256=sha),
+                                   batch_size=self.batch_size)
         self.info = ModelInfo(
-            checkpoint_sha256=sha256_file(checkpoint),
+            checkpoint_sha256=sha,
             backbone=model.backbone.model_name,
             weights_id=model.backbone.weights_id,
             random_weights=model.random_weights,
@@ -109,7 +117,7 @@ class UltraADInferenceOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         work: SourceWork = op_input.receive("source")
-        if work.ok and self.model is None and self.load_error is None:
+        if work.ok and self.predictor is None and self.load_error is None:
             try:
                 self._load()
             except Exception as exc:  # noqa: BLE001 - no model: every image fails, with the reason
@@ -119,17 +127,29 @@ class UltraADInferenceOperator(Operator):
             work.fail(self.load_error)
         if work.ok:
             try:
-                image = work.image
-                # the input gate (colour overlays, calliper marks) on the analysed windows: stated in the SR and the
-                # run report; with --refuse-flagged a flagged image is not analysed
-                quality = assess_frames(image.frames, image.frame_numbers, work.windows)
-                work.quality = quality.to_dict()
-                if self.refuse_flagged and quality.flagged:
-                    work.refuse(refusal_reason(quality, work.name))
-                else:
-                    frames = predict_frames(self.model, image.frames, image.frame_numbers, windows=work.windows,
-                                            batch_size=self.batch_size)
-                    work.result = ImageResult(image, frames, self.info, quality)
+                self._score(work)
+            except UnsupportedDicomError as exc:  # a frame that cannot be decoded: the reader's one line
+                work.fail(exc.reason)
             except Exception as exc:  # noqa: BLE001 - one image the model cannot take must not stop the study
                 work.fail(f"UltraAD failed: {type(exc).__name__}: {exc}")
         op_output.emit(work, "source")
+
+    def _score(self, work: SourceWork) -> None:
+        image = work.image
+        # the input gate (colour overlays, calliper marks) on the analysed windows, from the few frames it checks
+        # (decoded for it alone): stated in the SR and the run report; with --refuse-flagged a flagged image is not
+        # analysed
+        picks = gate_positions(len(image.frame_numbers))
+        quality = assess_frames(np.stack(list(image.iter_frames(picks))), [image.frame_numbers[p] for p in picks],
+                                work.windows, max_frames=len(picks))
+        work.quality = quality.to_dict()
+        if self.refuse_flagged and quality.flagged:
+            work.refuse(refusal_reason(quality, work.name))
+            return
+        predictions, records = [], []
+        for prediction in self.predictor.predict_frames(image.iter_frames(), image.frame_numbers, work.name,
+                                                        work.windows, work.quality):
+            records.append(prediction.record())  # from the float32 heatmap
+            predictions.append(prediction.compact())
+        work.records = records
+        work.result = ImageResult(image, predictions, self.info, quality)

@@ -1,4 +1,5 @@
-"""Step 2: check a source's identifiers and size, then decode it (every frame, or every n-th of a cine loop)."""
+"""Step 2: check a source's identifiers and size, then open it for streamed decoding (every frame, or every n-th of a
+cine loop; the frames are decoded one at a time by the inference step)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pydicom
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from monai_ultraad.dicom.identifiers import InvalidUIDError, check_source_uids
-from monai_ultraad.dicom.reader import UnsupportedDicomError, read_ultrasound
+from monai_ultraad.dicom.reader import UnsupportedDicomError, open_ultrasound
 
 from .source_work import SourceWork
 
@@ -19,11 +20,11 @@ BYTES_PER_ANALYSED_PIXEL = 11
 
 
 class UltrasoundSelectorOperator(Operator):
-    """Decodes the source into an ``UltrasoundImage`` (RGB frames + ultrasound regions).
+    """Opens the source as an ``UltrasoundImage`` (header, ultrasound regions; frames decoded on demand).
 
     Refused, with one line: UIDs outside the UI value representation, and a header whose claimed size (rows x
     columns x frames kept) would need more than ULTRAAD_MAX_SOURCE_MB of working memory. A file that cannot be decoded
-    (e.g. JPEG XL, truncated, missing Pixel Data) fails with its reason; the other files of the study go on.
+    (truncated, missing Pixel Data, no decoder) fails with its reason; the other files of the study go on.
     """
 
     def __init__(self, fragment: Fragment, *args, frame_step: int = 1, max_frames: int | None = None,
@@ -73,7 +74,7 @@ class UltrasoundSelectorOperator(Operator):
                       "use --max-frames or --frame-step")
             return
         try:
-            work.image = read_ultrasound(work.path, frame_step=self.frame_step, max_frames=self.max_frames)
+            work.image = open_ultrasound(work.path, frame_step=self.frame_step, max_frames=self.max_frames)
         except UnsupportedDicomError as exc:
             reason = exc.reason
             if "modality" in reason.lower() or "sop class" in reason.lower():

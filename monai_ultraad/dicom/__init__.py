@@ -2,8 +2,8 @@
 
 ``reader`` turns Ultrasound (Multi-frame) Image Storage files into :class:`UltrasoundImage` (RGB uint8 frames, the
 Sequence of Ultrasound Regions, the header) and rejects everything else with :class:`UnsupportedDicomError`;
-``synthetic`` wraps a plain RGB picture into a valid ultrasound object for tests and demos. The model-side code
-(``monai_ultraad.dicom.inference``) is not imported here, so reading DICOM does not pull in torch.
+``synthetic`` wraps a plain RGB picture into a valid ultrasound object for tests and demos. The package is I/O
+only: the model runs in :mod:`monai_ultraad.inference`, so reading DICOM does not pull in torch.
 """
 
 from __future__ import annotations

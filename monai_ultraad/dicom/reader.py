@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,6 +47,7 @@ __all__ = [
     "UltrasoundImage",
     "UltrasoundRegion",
     "UnsupportedDicomError",
+    "open_ultrasound",
     "read_ultrasound",
     "scan_folder",
 ]
@@ -189,13 +191,17 @@ class UltrasoundRegion:
 
 @dataclass
 class UltrasoundImage:
-    """A decoded ultrasound object: RGB frames for display and the model, plus the header and regions."""
+    """An ultrasound object: RGB frames for display and the model, plus the header and regions.
+
+    From :func:`read_ultrasound` every kept frame is decoded into ``frames``; from :func:`open_ultrasound` none is
+    (``frames`` is None) and :meth:`iter_frames` decodes them one at a time, so a cine loop is never held whole.
+    """
 
     path: Path
     #: The header (every element before Pixel Data); the Pixel Data itself is not kept to save memory.
     dataset: Dataset
-    #: (F, rows, cols, 3) uint8 RGB, F = number of frames kept.
-    frames: np.ndarray
+    #: (F, rows, cols, 3) uint8 RGB, F = number of frames kept; None when opened for streaming.
+    frames: np.ndarray | None
     #: 1-based numbers of the source frames kept, one per entry of ``frames``.
     frame_numbers: list[int]
     regions: list[UltrasoundRegion]
@@ -203,6 +209,7 @@ class UltrasoundImage:
     number_of_frames: int
     #: The source Photometric Interpretation (the frames are always RGB).
     photometric: str
+    _header: Any = field(default=None, repr=False)  # what iter_frames decodes from (a _Header)
 
     @property
     def tissue_regions(self) -> list[UltrasoundRegion]:
@@ -215,17 +222,32 @@ class UltrasoundImage:
 
     @property
     def rows(self) -> int:
-        return int(self.frames.shape[1])
+        return int(self.dataset.Rows)
 
     @property
     def cols(self) -> int:
-        return int(self.frames.shape[2])
+        return int(self.dataset.Columns)
 
     @property
     def pixel_spacing_mm(self) -> tuple[float, float] | None:
         """``(row_mm, col_mm)`` of the largest calibrated tissue region, or ``None``."""
         calibrated = [r for r in self.tissue_regions if r.pixel_spacing_mm is not None]
         return max(calibrated, key=lambda r: r.area).pixel_spacing_mm if calibrated else None
+
+    def iter_frames(self, positions: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+        """Yield the kept frames (or those at ``positions``, 0-based into ``frame_numbers``, ascending) as
+        (rows, cols, 3) uint8 RGB, decoding one at a time from the file when the image was opened for streaming.
+
+        Raises:
+            UnsupportedDicomError: a frame could not be decoded (the message names the frame).
+        """
+        picked = range(len(self.frame_numbers)) if positions is None else [int(p) for p in positions]
+        if self.frames is not None:
+            for position in picked:
+                yield self.frames[position]
+            return
+        indices = [self.frame_numbers[p] - 1 for p in picked]
+        yield from _decode_frames(self.path, self._header, indices)
 
 
 @dataclass
@@ -239,6 +261,41 @@ class _Header:
     pixel_offset: int | None = None  # file offset of the Pixel Data value; None when decoding from `inline`
     pixel_vr: str | None = None
     inline: Dataset | None = None  # the whole dataset, only for deflated files (offsets there are not file offsets)
+    palette: np.ndarray | None = None  # PALETTE COLOR: the 8-bit RGB lookup table (open_ultrasound)
+
+
+def open_ultrasound(
+    path: str | os.PathLike[str], frame_step: int = 1, max_frames: int | None = None
+) -> UltrasoundImage:
+    """Check an ultrasound DICOM file and read its header and regions, decoding no frame (``frames`` is None):
+    :meth:`UltrasoundImage.iter_frames` then decodes the kept frames one at a time.
+
+    Args and errors as :func:`read_ultrasound`, except that a frame that cannot be decoded is only found when it is
+    decoded.
+    """
+    if int(frame_step) < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+    if max_frames is not None and int(max_frames) < 1:
+        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+    path = Path(path)
+    header = _inspect(path)
+    ds = header.dataset
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    indices = range(0, header.number_of_frames, int(frame_step))
+    if max_frames is not None:
+        indices = indices[: int(max_frames)]
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    header.palette = _palette_lut8(ds, path) if photometric == "PALETTE COLOR" else None
+    return UltrasoundImage(
+        path=path,
+        dataset=ds,
+        frames=None,
+        frame_numbers=[i + 1 for i in indices],
+        regions=_regions(ds, (rows, cols), path),
+        number_of_frames=header.number_of_frames,
+        photometric=photometric,
+        _header=header,
+    )
 
 
 def read_ultrasound(
@@ -256,26 +313,22 @@ def read_ultrasound(
             class), no Pixel Data, a transfer syntax no installed decoder handles, or decoding failed.
         ValueError: ``frame_step`` < 1 or ``max_frames`` < 1.
     """
-    if int(frame_step) < 1:
-        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
-    if max_frames is not None and int(max_frames) < 1:
-        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
-    path = Path(path)
-    header = _inspect(path)
-    ds = header.dataset
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    indices = range(0, header.number_of_frames, int(frame_step))
-    if max_frames is not None:
-        indices = indices[: int(max_frames)]
-
-    photometric = str(ds.PhotometricInterpretation).strip().upper()
-    palette = _palette_lut8(ds, path) if photometric == "PALETTE COLOR" else None
+    image = open_ultrasound(path, frame_step, max_frames)
     # Only the kept frames are ever allocated; decoding goes one frame at a time.
-    frames = np.empty((len(indices), rows, cols, 3), dtype=np.uint8)
+    frames = np.empty((len(image.frame_numbers), image.rows, image.cols, 3), dtype=np.uint8)
+    for position, frame in enumerate(image.iter_frames()):
+        frames[position] = frame
+    image.frames = frames
+    return image
+
+
+def _decode_frames(path: Path, header: _Header, indices: Sequence[int]) -> Iterator[np.ndarray]:
+    """The frames at 0-based ``indices`` (ascending) as (rows, cols, 3) uint8 RGB, one decoded at a time."""
+    ds = header.dataset
     position = -1
     try:
         for position, (array, decoded_as) in enumerate(_iter_decoded(path, header, indices)):
-            frames[position] = _to_rgb8(array, decoded_as, ds, palette, path)
+            yield _to_rgb8(array, decoded_as, ds, header.palette, path)
     except UnsupportedDicomError:
         raise
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError and plugin-specific errors
@@ -283,16 +336,6 @@ def read_ultrasound(
         raise UnsupportedDicomError(path, f"could not decode frame {frame}: {type(exc).__name__}: {exc}") from exc
     if position + 1 != len(indices):
         raise UnsupportedDicomError(path, f"the decoder returned {position + 1} of {len(indices)} frames")
-
-    return UltrasoundImage(
-        path=path,
-        dataset=ds,
-        frames=frames,
-        frame_numbers=[i + 1 for i in indices],
-        regions=_regions(ds, (rows, cols), path),
-        number_of_frames=header.number_of_frames,
-        photometric=photometric,
-    )
 
 
 def scan_folder(folder: str | os.PathLike[str]) -> tuple[list[Path], list[tuple[Path, str]]]:

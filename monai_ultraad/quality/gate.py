@@ -90,7 +90,7 @@ def assess_image(image: np.ndarray, windows: Sequence | None = None,
 
     Args:
         image: RGB, uint8/uint16 or float in [0, 1]; grey (rows, cols) is accepted.
-        windows: analysed tissue regions (:class:`monai_ultraad.dicom.inference.AnalysisWindow` or
+        windows: analysed tissue regions (:class:`monai_ultraad.inference.AnalysisWindow` or
             (top, bottom, left, right) tuples); masks and boxes come back in the full image geometry.
         thresholds: per-detector flag thresholds overriding the defaults (``{"marks": 2}``).
     """
@@ -112,6 +112,12 @@ def assess_image(image: np.ndarray, windows: Sequence | None = None,
     return InputQuality({name: _merge(parts, (rows, cols)) for name, parts in found.items() if parts})
 
 
+def gate_positions(n_frames: int, max_frames: int = MAX_GATE_FRAMES) -> list[int]:
+    """The 0-based positions of the frames :func:`assess_frames` checks in a loop of ``n_frames``: up to
+    ``max_frames``, evenly spread (a streamed loop decodes just these for the gate)."""
+    return sorted(set(np.linspace(0, n_frames - 1, min(n_frames, max_frames)).round().astype(int).tolist()))
+
+
 def assess_frames(frames: np.ndarray, frame_numbers: Sequence[int] | None = None, windows: Sequence | None = None,
                   max_frames: int = MAX_GATE_FRAMES) -> InputQuality:
     """The gate for a (F, rows, cols, 3) stack (a cine loop): up to ``max_frames`` evenly spread frames are checked;
@@ -123,7 +129,7 @@ def assess_frames(frames: np.ndarray, frame_numbers: Sequence[int] | None = None
         frames = frames[None]
     n = frames.shape[0]
     numbers = list(frame_numbers) if frame_numbers is not None else list(range(1, n + 1))
-    picks = sorted(set(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int).tolist()))
+    picks = gate_positions(n, max_frames)
     per_frame = [assess_image(frames[i], windows) for i in picks]
     names = per_frame[0].detections.keys()
     merged = {name: _merge([q.detections[name] for q in per_frame], frames.shape[1:3]) for name in names}
@@ -158,8 +164,8 @@ def refuse_file(path, output_dir) -> dict[str, Any] | None:
     ``output_dir`` and return the record, else return None (analyse it)."""
     from pathlib import Path
 
-    from monai_ultraad.data.postprocessing import output_stem
     from monai_ultraad.io_utils import atomic_write_json
+    from monai_ultraad.prediction_files import output_stem
 
     quality = assess_file(path)
     if not quality.flagged:
@@ -169,5 +175,5 @@ def refuse_file(path, output_dir) -> dict[str, Any] | None:
     return record
 
 
-__all__ = ["MAX_GATE_FRAMES", "QUALITY_KEY", "InputQuality", "assess_file", "assess_frames", "assess_image",
+__all__ = ["MAX_GATE_FRAMES", "QUALITY_KEY", "InputQuality", "assess_file", "assess_frames", "assess_image", "gate_positions",
            "refusal_reason", "refusal_record", "refuse_file"]

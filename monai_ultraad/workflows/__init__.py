@@ -1,4 +1,4 @@
-"""MONAI/ignite engines, datasets, handlers and inference pieces for UltraAD (used by the bundle configs)."""
+"""MONAI/ignite engines, datasets, handlers and export wrapper for UltraAD (used by the bundle configs)."""
 
 from monai_ultraad.workflows.datasets import EvalFeatureDataset, ShotFeatureDataset, collate_eval
 from monai_ultraad.workflows.engines import FewShotEvaluator, FewShotTrainer
@@ -8,13 +8,7 @@ from monai_ultraad.workflows.handlers import (
     FewShotCheckpointSaver,
     UltraADMetric,
 )
-from monai_ultraad.workflows.inference import (
-    PredictionTableWriter,
-    UltraADInferer,
-    UltraADTensorNet,
-    output_value,
-    ultraad_postprocessing,
-)
+from monai_ultraad.workflows.inference import UltraADTensorNet, output_value
 
 __all__ = [
     "BestHeadKeeper",
@@ -23,12 +17,9 @@ __all__ = [
     "FewShotCheckpointSaver",
     "FewShotEvaluator",
     "FewShotTrainer",
-    "PredictionTableWriter",
     "ShotFeatureDataset",
-    "UltraADInferer",
     "UltraADMetric",
     "UltraADTensorNet",
     "collate_eval",
     "output_value",
-    "ultraad_postprocessing",
 ]

@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.record_schema import check_record
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundle" / "configs"
 TINY = ["--backbone", "UltraAD-Tiny-ViT", "--pretrained", "random", "--allow_random_init", "True",
@@ -115,8 +117,8 @@ def test_inferring_writes_nifti_png_json_and_csv(trained, data_dir, tmp_path):
         width, height = Image.open(images / name).size
         heatmap = nib.load(out / f"{stem}_heatmap.nii.gz").get_fdata()
         assert heatmap.shape == (width, height) and 0 <= heatmap.min() and heatmap.max() <= 1
-        record = json.loads((out / f"{stem}.json").read_text())
-        assert abs(sum(record["probabilities"].values()) - 1) < 1e-5 and "RANDOM WEIGHTS" in record["warning"]
+        record = check_record(json.loads((out / f"{stem}.json").read_text()))
+        assert abs(sum(record["class_probabilities"].values()) - 1) < 1e-5 and "RANDOM WEIGHTS" in record["warning"]
         assert Image.open(out / f"{stem}_heatmap.png").size[0] >= width
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("image,predicted_class,P(normal)") and len(rows) == 3

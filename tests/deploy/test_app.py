@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from monai_ultraad import engine
+from tests.record_schema import check_record
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.realdata
@@ -101,14 +102,32 @@ def test_every_object_passes_dciodvfy_and_dcmdump(outputs):
 @pytest.fixture(scope="module")
 def expected(study, checkpoint):
     """The model's own answer for the wrapped bus_uclm image, computed here, outside the app."""
-    from monai_ultraad.dicom.inference import predict_frames
     from monai_ultraad.dicom.reader import read_ultrasound
+    from monai_ultraad.inference import Predictor, analysis_windows
 
     source = read_ultrasound(study / "uclm.dcm")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, payload = engine.load_checkpoint(checkpoint, allow_random_init=True)
-    return source, predict_frames(model, source.frames, source.frame_numbers, source.tissue_regions)[0], payload
+    windows = analysis_windows(source.tissue_regions, source.rows, source.cols)
+    predictor = Predictor(model, payload["threshold"])
+    return source, predictor.predict_image(source.frames[0], "uclm.dcm", windows), payload
+
+
+def test_run_report_holds_one_prediction_record_per_analysed_frame(outputs, expected):
+    out, _ = outputs
+    _, expected, payload = expected
+    report = json.loads((out / "ultraad_run.json").read_text())
+    assert set(report["predictions"]) == set(report["processed"])
+    for name, records in report["predictions"].items():
+        for record in records:
+            check_record(record)
+            assert record["image"] == name and record["input_quality"] == report["input_quality"][name]
+    assert [r["frame_number"] for r in report["predictions"]["OBXXXX1A_rle_2frame.dcm"]] == [1, 2]
+    (uclm,) = report["predictions"]["uclm.dcm"]
+    assert uclm["class_probabilities"] == pytest.approx(expected.class_probs, abs=1e-5)
+    assert uclm["lesion_pixels"] == int((expected.heatmap >= payload["threshold"]).sum())
+    assert uclm["model"]["checkpoint_sha256"] and uclm["random_weights"] and "RANDOM WEIGHTS" in uclm["warning"]
 
 
 def test_seg_values_equal_the_model_output(outputs, expected):

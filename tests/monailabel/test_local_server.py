@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from monailabel_servers import MonaiLabelServer, label_file, parse_multipart, uclm_rows
 
+from tests.record_schema import check_record
+
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 PER_CLASS = 10  # 8 shots + 2 validation images per class
@@ -73,7 +75,7 @@ def test_infer_returns_label_in_image_geometry_and_json(server, studies, data_di
     status, body, headers = server.infer(stem)
     assert status == 200, body[:300]
     parts = parse_multipart(body, headers["content-type"])
-    result = json.loads(parts["params"])
+    result = check_record(json.loads(parts["params"]))  # the same record as the CLI, bundle and deploy app
     assert set(result["class_probabilities"]) == {"normal", "benign", "malignant"}
     assert abs(sum(result["class_probabilities"].values()) - 1) < 1e-4
     assert result["predicted_class"] in result["class_probabilities"]
@@ -152,7 +154,7 @@ def test_train_k8_from_datastore_labels_then_infer_uses_it(server, studies):
     status, body, _ = server.infer(studies[2][0][0], output="json")
     result = json.loads(body)
     assert status == 200 and result["model"]["trained"] is True and result["model"]["shots"] == 24
-    assert result["threshold"] == pytest.approx(payload["threshold"])
+    assert result["heatmap_threshold"] == pytest.approx(payload["threshold"])
 
 
 def test_next_image_is_the_most_uncertain_unlabelled_one(server, studies):

@@ -20,6 +20,7 @@ from PIL import Image
 
 from monai_ultraad import engine
 from monai_ultraad.cli import main
+from tests.record_schema import check_record
 
 from .synthetic import bmode, draw_cross, paste_colour_flow
 
@@ -59,17 +60,18 @@ def test_cli_json_states_the_flags_and_analyses_by_default(checkpoint, images, t
     for name, flags in EXPECTED.items():
         record = json.loads((tmp_path / f"{name}.json").read_text())
         assert record["input_quality"]["flags"] == flags, record["input_quality"]
-        assert "probabilities" in record and (tmp_path / f"{name}_heatmap.png").is_file()  # analysed anyway
+        check_record(record)
+        assert "class_probabilities" in record and (tmp_path / f"{name}_heatmap.png").is_file()  # analysed anyway
     rows = (tmp_path / "predictions.csv").read_text().splitlines()
     assert rows[0].endswith(",input_flags") and any(r.endswith(",marks") for r in rows[1:])
 
 
 def test_cli_refuse_flagged(checkpoint, images, tmp_path, capsys):
     _predict(checkpoint, images, tmp_path, "--refuse_flagged")
-    assert "probabilities" in json.loads((tmp_path / "plain.json").read_text())
+    assert "class_probabilities" in check_record(json.loads((tmp_path / "plain.json").read_text()))
     for name in ("cross", "flow"):
         record = json.loads((tmp_path / f"{name}.json").read_text())
-        assert record["refused"] and "probabilities" not in record
+        assert check_record(record, refused=True)["refused"] and "class_probabilities" not in record
         assert f"{name}.png: refused, not a plain B-mode image" in record["reason"]
         assert not (tmp_path / f"{name}_heatmap.png").exists()
     err = capsys.readouterr().err
@@ -91,7 +93,7 @@ def test_bundle_inference_outputs_state_the_flags(checkpoint, images, tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=600, env=env, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     for name, flags in EXPECTED.items():
-        record = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        record = check_record(json.loads((tmp_path / "out" / f"{name}.json").read_text()))
         assert record["input_quality"]["flags"] == flags
     rows = {r.split(",")[0]: r for r in (tmp_path / "out" / "predictions.csv").read_text().splitlines()[1:]}
     assert rows["flow.png"].endswith(",colour_overlay") and rows["plain.png"].endswith(",")

@@ -182,7 +182,7 @@ class FramePrediction:
 
 
 class PredictionLike(Protocol):
-    """Anything with FramePrediction's fields (e.g. :class:`monai_ultraad.dicom.inference.FrameResult`)."""
+    """Anything with FramePrediction's fields (e.g. :class:`monai_ultraad.inference.Prediction`)."""
 
     frame_number: int
     heatmap: np.ndarray

@@ -15,7 +15,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from lib.imageio import read_picture
-from lib.infers.ultraad import UltraADInfer, normalised_entropy, predict_picture
+from lib.infers.ultraad import UltraADInfer, normalised_entropy, predictor_for
 from monai_ultraad.errors import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class MostUncertain(Strategy):
         model, info = self.infer.provider.model()
         version = info.get("checkpoint_sha256") or "untrained"
         budget = int(request.get("max_new", 8))
+        predictor = predictor_for(model, info)
         order = unlabeled[:]
         random.Random(int(request.get("seed", 0))).shuffle(order)
         scores: dict[str, float] = {}
@@ -46,7 +47,8 @@ class MostUncertain(Strategy):
             elif budget > 0:
                 budget -= 1
                 try:
-                    _, probs, _ = predict_picture(model, read_picture(datastore.get_image_uri(image_id)).rgb)
+                    rgb = read_picture(datastore.get_image_uri(image_id)).rgb
+                    probs = list(predictor.predict_image(rgb).class_probs.values())
                 except InputDataError as exc:  # a cine loop, an undecodable series: never proposed
                     logger.info("next-image strategy skips %s: %s", image_id, exc)
                     continue

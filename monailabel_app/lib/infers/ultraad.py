@@ -11,18 +11,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.configs.ultraad import ModelProvider
 from lib.imageio import LABELS, read_picture, write_label
-from monai_ultraad.constants import CLASS_NAMES, RANDOM_WEIGHTS_WARNING
-from monai_ultraad.data.transforms import apply_pipeline, map_to_original, ultraad_array_preprocessing
-from monai_ultraad.quality import QUALITY_KEY, assess_image
+from monai_ultraad.inference import Predictor, model_provenance
+from monai_ultraad.quality import assess_image
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +34,13 @@ class LoadPictured:
         return data
 
 
-@torch.no_grad()
-def predict_picture(model, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Heatmap (rows, cols) in the picture's geometry, class probabilities, anomaly score of one RGB frame."""
-    pre = ultraad_array_preprocessing(model.image_size, model.backbone.mean, model.backbone.std)
-    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
-    x = apply_pipeline(pre, {"image": image})["image"].as_tensor()[None]
-    out = model(x.to(next(model.parameters()).device))
-    heatmap = map_to_original(out.anomaly_map[0].float().cpu(), rgb.shape[:2])[0].numpy()
-    return heatmap, out.class_probs[0].float().cpu().numpy(), float(out.anomaly_score[0])
+def predictor_for(model, info: dict[str, Any], threshold: float | None = None) -> Predictor:
+    """The library's predictor for the provider's current model (``threshold``: the request's, else the checkpoint's)."""
+    provenance = model_provenance(model, checkpoint=info.get("checkpoint"),
+                                  checkpoint_sha256=info.get("checkpoint_sha256"),
+                                  trained=bool(info.get("trained")), shots=info.get("shots"),
+                                  created_utc=info.get("created_utc"))
+    return Predictor(model, info["threshold"] if threshold is None else threshold, provenance)
 
 
 def normalised_entropy(probs: np.ndarray) -> float:
@@ -83,33 +80,18 @@ class UltraADInfer(BasicInferTask):
     def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu") -> dict[str, Any]:
         model, info = self.provider.model()
         picture = data["picture"]
-        start = time.perf_counter()
-        heatmap, probs, score = predict_picture(model, picture.rgb)
-        threshold = info["threshold"]
         requested = data.get("threshold")
-        if requested not in (None, "", "checkpoint"):
-            threshold = float(requested)
-        lesion = heatmap >= threshold
-        abnormal = LABELS["malignant"] if probs[CLASS_NAMES.index("malignant")] > probs[CLASS_NAMES.index("benign")] \
-            else LABELS["benign"]
-        data[self.output_label_key] = np.where(lesion, abnormal, 0).astype(np.uint8)
-        random_weights = bool(model.random_weights)
-        result = {
-            "class_probabilities": {c: float(p) for c, p in zip(model.class_names, probs)},
-            "predicted_class": model.class_names[int(np.argmax(probs))],
-            "anomaly_score": score,
-            "threshold": float(threshold),
-            "lesion_pixels": int(lesion.sum()),
-            "lesion_label_value": int(abnormal),
-            "uncertainty": normalised_entropy(probs),
-            "model": {**info, "backbone": model.backbone.model_name, "weights_id": model.backbone.weights_id},
-            "random_weights": random_weights,
-            "model_seconds": round(time.perf_counter() - start, 4),
-            QUALITY_KEY: assess_image(picture.rgb).to_dict(),  # colour overlay / marks flags (analysed anyway)
-        }
-        if random_weights:
-            result["warning"] = RANDOM_WEIGHTS_WARNING
-        data[self.output_json_key] = result
+        threshold = None if requested in (None, "", "checkpoint") else float(requested)
+        predictor = predictor_for(model, info, threshold)
+        start = time.perf_counter()
+        prediction = predictor.predict_image(picture.rgb, Path(str(data["image"])).name,
+                                             input_quality=assess_image(picture.rgb).to_dict())  # analysed anyway
+        seconds = round(time.perf_counter() - start, 4)
+        probs = prediction.class_probs
+        abnormal = LABELS["malignant"] if probs["malignant"] > probs["benign"] else LABELS["benign"]
+        data[self.output_label_key] = np.where(prediction.lesion_mask, abnormal, 0).astype(np.uint8)
+        data[self.output_json_key] = prediction.record(
+            lesion_label_value=int(abnormal), uncertainty=normalised_entropy(list(probs.values())), model_seconds=seconds)
         return data
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None):
