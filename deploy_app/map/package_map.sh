@@ -3,8 +3,11 @@
 # (`monai-deploy package`, holoscan-cli 4.2), on a Debian 12 machine whose network reaches only PyPI and Debian
 # (no container registry, no NVIDIA download site, no GPU needed). As root, from anywhere:
 #
-#   deploy_app/map/package_map.sh [NAME:TAG]      (default ultraad-map:0.1.0)
+#   deploy_app/map/package_map.sh [--self-check] [NAME:TAG]      (default ultraad-map:0.1.0)
 #   -> image localhost/NAME-x64-workstation-dgpu-linux-amd64:TAG (printed last)
+#   --self-check: then run the image on a mixed study of real files with podman and compare it with the host app
+#   (tests/deploy/test_map.py: exit codes, report, whole sets, dciodvfy, lock, `podman stop`, read-only / full
+#   output folder; about 6 minutes on 2 cores; needs this repository's Python environment and ../shared/data)
 #
 # Steps (each idempotent; a second run reuses what is there and podman's layer cache):
 #  1. podman (+ podman-docker, runc, debootstrap) from apt; /etc/containers/containers.conf for this kind of host:
@@ -32,6 +35,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+SELF_CHECK=0
+if [ "${1:-}" = --self-check ]; then SELF_CHECK=1; shift; fi
 TAG=${1:-ultraad-map:0.1.0}
 NAME=${TAG%%:*}
 VERSION=$([ "$NAME" = "$TAG" ] && echo latest || echo "${TAG##*:}")
@@ -126,4 +131,9 @@ run it (OUT writable by uid 1000; extra app options after the image name or as -
   podman run --rm -v IN:/var/holoscan/input:ro -v OUT:/var/holoscan/output -v MODELS:/opt/holoscan/models:ro $IMAGE
   HOME=$TOOLS/home PATH=$TOOLS/bin:$VENV/bin:\$PATH monai-deploy run $IMAGE -i IN -o OUT --network podman --uid 1000 --gid 1000
 RUN
+if [ "$SELF_CHECK" = 1 ]; then
+    echo "== self-check: tests/deploy/test_map.py on $IMAGE"
+    ULTRAAD_MAP_IMAGE=$IMAGE PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" $NICE python3 -m pytest -p no:cacheprovider \
+        -q -rs -s "$REPO/tests/deploy/test_map.py" || { echo "package_map.sh: self-check FAILED for $IMAGE" >&2; exit 1; }
+fi
 echo "$IMAGE"

@@ -5,7 +5,11 @@ the package registries (run with the packager's venv python; idempotent, keeps t
   3. remove EXTERNALLY-MANAGED of any python3.x, not only python3.12;
   4. tools.sh (the MAP entry point): exit with the application's exit code (upstream logs it and exits 0, which hides
      this app's 1 = some file failed / 2 = nothing processed from `podman run` and from the platform);
-  5. .dockerignore: leave deploy_app/map/ (packaging scripts) out of the image's application folder.
+  5. tools.sh: pass SIGTERM/SIGINT on to the application. The script is PID 1 of the container and runs the app as
+     its child; the kernel drops signals that PID 1 has no handler for, so upstream `podman stop` / `docker stop`
+     never reaches the app and ends in SIGKILL after the grace period (a source cut short, no report). Now the app
+     gets the signal, finishes the source under way and writes its report (tests/deploy/test_map.py);
+  6. .dockerignore: leave deploy_app/map/ (packaging scripts) out of the image's application folder.
 """
 
 import re
@@ -39,9 +43,24 @@ marker = '            fi\n        else\n            fatal "Failed to launch appl
 src = original(tools)
 if src.count(marker) != 1:
     sys.exit(f"unexpected layout of {tools}; not patched")
+launch = '            eval ${command} "$@"\n            exit_code=$?\n'
+if src.count(launch) != 1:
+    sys.exit(f"unexpected layout of {tools} (launch line); not patched")
+forward = (
+    "            # UltraAD: this script is PID 1; pass SIGTERM/SIGINT on to the app (exec'ed in a subshell, so $! is\n"
+    "            # its pid) and wait until it has ended, also when a trapped signal interrupts `wait`\n"
+    "            (eval exec ${command} '\"$@\"') &\n"
+    "            app_pid=$!\n"
+    "            trap 'kill -TERM $app_pid 2>/dev/null' TERM\n"
+    "            trap 'kill -INT $app_pid 2>/dev/null' INT\n"
+    "            wait $app_pid\n"
+    "            exit_code=$?\n"
+    "            while kill -0 $app_pid 2>/dev/null; do wait $app_pid; exit_code=$?; done\n"
+)
+src = src.replace(launch, forward)
 tools.write_text(src.replace(marker, marker.replace("            fi\n", "            fi\n            exit ${exit_code}\n", 1)))
 
 ignore = templates / "dockerignore"
 ignore.write_text(original(ignore) + "\n# UltraAD: packaging scripts are not part of the app\napp/map\n")
 print(f"patched {dockerfile}: cuda-keyring blocks={n1} version pins={n2} externally-managed={n3}; "
-      f"{tools}: exit code; {ignore}: app/map")
+      f"{tools}: exit code, signals passed on; {ignore}: app/map")
