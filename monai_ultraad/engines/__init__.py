@@ -11,7 +11,6 @@ from monai_ultraad.engines.inference import (
     PredictionTableWriter,
     UltraADInferer,
     UltraADTensorNet,
-    output_value,
     ultraad_postprocessing,
 )
 from monai_ultraad.engines.workflows import FewShotEvaluator, FewShotTrainer
@@ -29,6 +28,5 @@ __all__ = [
     "UltraADMetric",
     "UltraADTensorNet",
     "collate_eval",
-    "output_value",
     "ultraad_postprocessing",
 ]

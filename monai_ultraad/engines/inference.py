@@ -132,13 +132,4 @@ class UltraADTensorNet(torch.nn.Module):
         return out.anomaly_map, out.class_probs, out.anomaly_score
 
 
-def output_value(key: str):
-    """An engine ``output_transform`` that picks one scalar (e.g. ``"loss"``) from the iteration output."""
-
-    def pick(output: Mapping[str, Any]) -> Any:
-        return output[key]
-
-    return pick
-
-
-__all__ = ["PredictionTableWriter", "UltraADInferer", "UltraADTensorNet", "output_value", "ultraad_postprocessing"]
+__all__ = ["PredictionTableWriter", "UltraADInferer", "UltraADTensorNet", "ultraad_postprocessing"]
