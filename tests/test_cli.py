@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from monai_ultraad.cli import main
+from tests.record_metrics import assert_image_metrics_match_records
 from tests.record_schema import check_record
 
 TINY = ["--backbone", "UltraAD-Tiny-ViT", "--pretrained", "random", "--allow_random_init", "--feature_layers", "1,2,3,4"]
@@ -26,7 +27,8 @@ def test_fewshot_writes_checkpoints_metrics_and_summary(trained):
         d = trained / f"seed{seed}"
         assert (d / "model.pt").is_file() and (d / "roc.png").is_file()
         metrics = json.loads((d / "metrics.json").read_text())
-        assert metrics["test"]["seed"] == seed and 0 <= metrics["test"]["image_auroc"] <= 1
+        assert metrics["test"]["seed"] == seed
+        assert_image_metrics_match_records(metrics["test"], json.loads((d / "predictions.json").read_text()))
         assert metrics["validation"]["threshold"] == metrics["test"]["threshold"]
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["summary"]["image_auroc"]["n"] == 2 and summary["random_weights"]

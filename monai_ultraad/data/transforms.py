@@ -25,10 +25,11 @@ from monai.transforms import (
     EnsureTyped,
     InvertibleTransform,
     MapTransform,
-    NormalizeIntensity,
+    NormalizeIntensityd,
     Pad,
     Resized,
 )
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # CLIP's normalisation
 from PIL import Image
 
 from monai_ultraad.constants import IMAGE_KEY, MASK_KEY
@@ -53,9 +54,6 @@ __all__ = [
     "ultraad_preprocessing",
 ]
 
-#: CLIP (OpenAI) image normalisation constants.
-OPENAI_DATASET_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_DATASET_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 #: Bump whenever the output of :func:`ultraad_preprocessing` changes, so cached features are recomputed.
 PREPROCESSING_VERSION = 1
@@ -344,8 +342,9 @@ class SquarePadd(MapTransform, InvertibleTransform):
         return d
 
 
-class ClipNormalized(MapTransform):
-    """Per-channel CLIP normalisation ``(x - mean) / std`` of (3, H, W) images in [0, 1]."""
+class ClipNormalized(NormalizeIntensityd):
+    """CLIP's per-channel normalisation ``(x - mean) / std`` of (3, H, W) images in [0, 1]: MONAI's
+    :class:`~monai.transforms.NormalizeIntensityd` (channel-wise) with open_clip's OpenAI mean and std as defaults."""
 
     def __init__(
         self,
@@ -354,16 +353,10 @@ class ClipNormalized(MapTransform):
         std: Sequence[float] = OPENAI_DATASET_STD,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
         if len(mean) != len(std) or any(s <= 0 for s in std):
             raise ValueError(f"mean and std must have equal length and std > 0, got {mean} and {std}")
-        self.normalizer = NormalizeIntensity(subtrahend=list(mean), divisor=list(std), channel_wise=True)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.normalizer(d[key])
-        return d
+        super().__init__(keys, subtrahend=list(mean), divisor=list(std), channel_wise=True,
+                         allow_missing_keys=allow_missing_keys)
 
 
 def ultraad_preprocessing(

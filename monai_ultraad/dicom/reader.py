@@ -588,8 +588,20 @@ def _check_pixel_data_complete(f: BinaryIO, header: _Header, length: int, path: 
                 path, f"Pixel Data holds {length} bytes, but Rows x Columns x frames x samples need {expected}"
             )
         return
-    # Encapsulated: (FFFE,E000) items (offset table, fragments) up to a (FFFE,E0DD) delimiter; only headers are read.
+    _encapsulated_item_lengths(f, start, size, path)
+
+
+def _encapsulated_item_lengths(f: BinaryIO, start: int, size: int, path: Path) -> list[int]:
+    """Lengths of the (FFFE,E000) items (offset table, then fragments) of encapsulated Pixel Data at ``start``, up to
+    the (FFFE,E0DD) delimiter; only the 8-byte item headers are read, the fragments are skipped with ``seek``.
+
+    Kept by hand rather than :func:`pydicom.encaps.generate_fragments` (which walks the same items) because that one
+    cannot tell a truncated file: a fragment cut short is yielded short and a missing delimiter ends the walk as
+    quietly as a present one (``tests/dicom/test_reader_encapsulated.py`` pins both walks against each other). It
+    also reads every fragment into memory, where this check needs none.
+    """
     f.seek(start)
+    lengths = []
     while True:
         item = f.read(8)
         if len(item) < 8:
@@ -597,7 +609,7 @@ def _check_pixel_data_complete(f: BinaryIO, header: _Header, length: int, path: 
         group, element, item_length = struct.unpack("<HHL", item)
         tag = (group << 16) | element
         if tag == _SEQUENCE_DELIMITER_TAG:
-            return
+            return lengths
         if tag != _ITEM_TAG or item_length == _UNDEFINED_LENGTH:
             raise UnsupportedDicomError(
                 path, f"corrupt encapsulated Pixel Data: unexpected ({group:04X},{element:04X})"
@@ -606,6 +618,7 @@ def _check_pixel_data_complete(f: BinaryIO, header: _Header, length: int, path: 
             raise UnsupportedDicomError(
                 path, "truncated DICOM file: a Pixel Data fragment runs past the end of the file"
             )
+        lengths.append(item_length)
         f.seek(item_length, os.SEEK_CUR)
 
 

@@ -8,7 +8,7 @@ from monai_ultraad.workflows.handlers import (
     FewShotCheckpointSaver,
     UltraADMetric,
 )
-from monai_ultraad.workflows.inference import UltraADTensorNet, output_value
+from monai_ultraad.workflows.inference import UltraADTensorNet
 
 __all__ = [
     "BestHeadKeeper",
@@ -21,5 +21,4 @@ __all__ = [
     "UltraADMetric",
     "UltraADTensorNet",
     "collate_eval",
-    "output_value",
 ]

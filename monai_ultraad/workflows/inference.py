@@ -6,9 +6,6 @@ Inference itself is :class:`monai_ultraad.inference.Predictor` (the bundle's ``i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 
@@ -35,13 +32,4 @@ class UltraADTensorNet(torch.nn.Module):
         return out.anomaly_map, out.class_probs, out.anomaly_score
 
 
-def output_value(key: str):
-    """An engine ``output_transform`` that picks one scalar (e.g. ``"loss"``) from the iteration output."""
-
-    def pick(output: Mapping[str, Any]) -> Any:
-        return output[key]
-
-    return pick
-
-
-__all__ = ["UltraADTensorNet", "output_value"]
+__all__ = ["UltraADTensorNet"]

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.record_metrics import assert_image_metrics_match_records
 from tests.record_schema import check_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +76,8 @@ def test_evaluating_uses_the_recorded_test_split(trained, data_dir):
     split = read_checkpoint(root / "models" / "model.pt")["split"]
     assert {p["id"] for p in predictions} == set(split["test"])
     assert metrics["n_images"] == len(split["test"]) and metrics["random_weights"]
-    for key in ("image_auroc", "cls_auroc_macro", "pixel_auroc", "dice"):
+    assert_image_metrics_match_records(metrics, predictions)
+    for key in ("pixel_auroc", "dice"):
         assert 0 <= metrics[key] <= 1
     Image.open(root / "eval" / "roc.png").verify()
 

@@ -174,6 +174,18 @@ def test_clip_normalize() -> None:
         ClipNormalized(mean=(0.5, 0.5), std=(0.2, 0.2, 0.2))
 
 
+def test_clip_normalize_is_open_clips_normalisation() -> None:
+    """The constants and the transform are open_clip's: same numbers as the image transform open_clip builds."""
+    import open_clip
+    from torchvision.transforms import Normalize
+
+    assert (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD) == (open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    image = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(0))
+    ours = ClipNormalized()({"image": image.clone()})["image"]  # MONAI normalises a float tensor in place
+    theirs = Normalize(open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)(image)
+    assert torch.allclose(torch.as_tensor(ours), theirs, atol=1e-6)
+
+
 @pytest.mark.parametrize(("h", "w"), [(75, 123), (123, 75)])
 def test_preprocessing_roundtrip(tmp_path: Path, h: int, w: int) -> None:
     rng = np.random.default_rng(h)

@@ -9,8 +9,6 @@ an empty label means normal.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from lib.errors import BAD_REQUEST, NOT_FOUND, UNPROCESSABLE, http_error
 from lib.imageio import LABELS, read_label, read_picture
 from monai_ultraad.constants import CLASS_NAMES
 from monai_ultraad.errors import InputDataError
+from monai_ultraad.io_utils import atomic_write_bytes
 
 
 def label_class(values: np.ndarray, info: dict[str, Any]) -> tuple[str, str]:
@@ -62,7 +61,7 @@ def validate_label(image_uri: str, image_id: str, label_file: str, info: dict[st
 
 
 def store_label_atomically(ds: LocalDatastore, image_id: str, label_file: str, tag: str, info: dict[str, Any]) -> str:
-    """LocalDatastore.save_label's bookkeeping, but the file is copied to a temporary name and renamed into place."""
+    """LocalDatastore.save_label's bookkeeping, but the file is written atomically (:func:`atomic_write_bytes`)."""
     obj = ds._datastore.objects.get(image_id)
     if not obj:
         raise http_error(NOT_FOUND, f"image {image_id!r} is not in the datastore; the label was not saved")
@@ -71,16 +70,8 @@ def store_label_atomically(ds: LocalDatastore, image_id: str, label_file: str, t
     name = ds._filename(image_id, ext)
     with FileLock(ds._lock_file):
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out, open(label_file, "rb") as src:
-                shutil.copyfileobj(src, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # A label is a small mask file: read whole, then written by the package's one atomic writer.
+        atomic_write_bytes(folder / name, Path(label_file).read_bytes())
         info = dict(info, ts=int(time.time()), name=name)
         obj.labels[tag] = DataModel(info=info, ext=ext)
         ds._update_datastore_file(lock=False)
