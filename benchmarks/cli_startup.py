@@ -10,8 +10,9 @@ start-up writes to stderr (a warning such as holoscan's stack-size RuntimeWarnin
 
 ``ultraad predict`` runs on one synthetic 256x256 PNG with a random tiny backbone (``UltraAD-Tiny-ViT``, random
 weights: the figure is about time only) on the CPU, from process start to exit, so it includes the imports. The
-``ultraad`` command is run as ``python -m monai_ultraad.cli`` with this interpreter, so ``PYTHONPATH`` picks the
-checkout measured.
+``ultraad`` command is run as ``python -m monai_ultraad.cli`` with this interpreter; ``-m`` puts the working folder
+first on the path, so run it from the checkout measured (or, for another checkout, from a neutral folder with
+``PYTHONPATH`` set to it: ``cd /tmp && PYTHONPATH=/path/to/other python /path/to/benchmarks/cli_startup.py``).
 """
 
 from __future__ import annotations

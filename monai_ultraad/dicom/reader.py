@@ -60,11 +60,12 @@ UNITS_CM = 3
 SPATIAL_FORMAT_2D = 1
 DATA_TYPE_TISSUE = 1
 
-#: Ultrasound Image Storage, Ultrasound Multi-frame Image Storage and their retired predecessors.
+#: Ultrasound Image Storage, Ultrasound Multi-frame Image Storage and their retired predecessors (pydicom names only
+#: the current two; the retired ones are in its UID dictionary as "... (Retired)" without a constant).
 US_IMAGE_SOP_CLASSES: frozenset[str] = frozenset(
     {
-        "1.2.840.10008.5.1.4.1.1.6.1",
-        "1.2.840.10008.5.1.4.1.1.3.1",
+        pydicom.uid.UltrasoundImageStorage,
+        pydicom.uid.UltrasoundMultiFrameImageStorage,
         "1.2.840.10008.5.1.4.1.1.6",
         "1.2.840.10008.5.1.4.1.1.3",
     }

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom.uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
@@ -23,8 +24,8 @@ from monai_ultraad.errors import InputDataError
 
 __all__ = ["US_IMAGE_STORAGE", "US_MULTIFRAME_IMAGE_STORAGE", "wrap_as_ultrasound"]
 
-US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
-US_MULTIFRAME_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
+US_IMAGE_STORAGE = pydicom.uid.UltrasoundImageStorage
+US_MULTIFRAME_IMAGE_STORAGE = pydicom.uid.UltrasoundMultiFrameImageStorage
 
 _FRAME_TIME_TAG = 0x00181063  # (0018,1063) Frame Time: what the Frame Increment Pointer of a US cine points at
 _UNITS_CM = 3  # Physical Units X/Y Direction code for centimetres (PS3.3 C.8.5.5.1.15)

@@ -35,7 +35,7 @@ def untrained_checkpoint(tiny_backbone, tmp_path_factory):
 
 
 def test_png_and_dicom_of_the_same_pixels_give_the_same_prediction(untrained_checkpoint, tmp_path):
-    from monai_ultraad.dicom.inference import predict_frames
+    from monai_ultraad.inference import Predictor, analysis_windows
 
     rgb = _scan()
     png = tmp_path / "scan.png"
@@ -53,7 +53,8 @@ def test_png_and_dicom_of_the_same_pixels_give_the_same_prediction(untrained_che
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, _ = engine.load_checkpoint(untrained_checkpoint, allow_random_init=True)
-    frame = predict_frames(model, source.frames, source.frame_numbers, source.tissue_regions)[0]
+    windows = analysis_windows(source.tissue_regions, source.rows, source.cols)
+    frame = next(Predictor(model, 0.5).predict_frames(source.frames, source.frame_numbers, windows=windows))
 
     assert frame.heatmap.shape == rgb.shape[:2]
     if heat_png.shape != frame.heatmap.shape:  # NIfTI stores (x, y): columns first
@@ -61,5 +62,5 @@ def test_png_and_dicom_of_the_same_pixels_give_the_same_prediction(untrained_che
     np.testing.assert_allclose(heat_png, frame.heatmap, atol=1e-4)
     assert float(frame.heatmap.max() - frame.heatmap.min()) > 1e-3  # a map with structure, not a constant
     for name, p in frame.class_probs.items():
-        assert record["probabilities"][name] == pytest.approx(p, abs=1e-5)
+        assert record["class_probabilities"][name] == pytest.approx(p, abs=1e-5)
     assert record["anomaly_score"] == pytest.approx(frame.anomaly_score, abs=1e-5)
