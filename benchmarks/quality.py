@@ -121,8 +121,8 @@ def fire_rates_bra(root: Path, thresholds: dict[str, float], max_images: int | N
 
 
 def fire_dicom(root: Path, thresholds: dict[str, float]) -> list[dict]:
-    from monai_ultraad.inference import analysis_windows
     from monai_ultraad.dicom.reader import read_ultrasound
+    from monai_ultraad.inference import analysis_windows
 
     out = []
     for path in sorted(root.rglob("*.dcm")):
