@@ -399,6 +399,10 @@ def map_to_original(
     Undoes :func:`ultraad_preprocessing`'s geometry: bilinear resize to the padded side max(H, W),
     then crop the symmetric padding. Returns a plain float tensor of shape (H, W) or (C, H, W).
 
+    Kept beside MONAI's ``Compose.inverse`` / ``Invertd``, which give the same values (a test pins them equal):
+    those need the image's traced operations attached to each map, which a batched network output and the
+    predictor's analysis windows do not carry; this needs only the original size.
+
     Args:
         heatmap: the map; a MetaTensor's trace is ignored.
         image_size: original (H, W), e.g. the item's ``"image_size"``.

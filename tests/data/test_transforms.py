@@ -207,6 +207,19 @@ def test_preprocessing_roundtrip(tmp_path: Path, h: int, w: int) -> None:
     assert _iou(inverted["mask"][0].numpy() > 0.5, mask) > 0.9
 
 
+@pytest.mark.parametrize(("h", "w"), [(75, 123), (123, 75), (300, 41)])
+def test_map_to_original_equals_monai_inverse(tmp_path: Path, h: int, w: int) -> None:
+    """map_to_original is pinned against MONAI's own inverse of the traced preprocessing (Compose.inverse)."""
+    rng = np.random.default_rng(w)
+    path = _save(tmp_path / "us.png", Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+    pre = ultraad_preprocessing(64, with_mask=False)
+    out = pre({"image": path})
+    theirs = torch.as_tensor(pre.inverse({"image": out["image"]})["image"])
+    ours = map_to_original(out["image"].as_tensor(), (h, w))
+    assert ours.shape == theirs.shape == (3, h, w)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
 def test_preprocessing_without_mask_and_map_errors(tmp_path: Path) -> None:
     path = _save(tmp_path / "g.png", Image.new("L", (20, 12), 128))
     out = ultraad_preprocessing(24, with_mask=False)({"image": path})
