@@ -54,7 +54,7 @@ def _import_anomalib_winclip():
     spec = importlib.util.find_spec("anomalib")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("anomalib is not importable here (pip install anomalib, or put it on PYTHONPATH)")
-    root = Path(list(spec.submodule_search_locations)[0])
+    root = Path(next(iter(spec.submodule_search_locations)))
     for name, folder in (("anomalib", root), ("anomalib.models", root / "models"),
                          ("anomalib.models.image", root / "models/image"),
                          ("anomalib.models.image.winclip", root / "models/image/winclip"),

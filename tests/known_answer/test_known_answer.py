@@ -15,7 +15,7 @@ import torch
 
 from monai_ultraad import engine
 from monai_ultraad.metrics import dice_threshold_curve
-from tests.known_answer.harness import prepare, run_method, run_ultraad
+from tests.known_answer.harness import corrupting, prepare, run_method, run_ultraad
 from tests.known_answer.variants import broken
 
 #: metric -> floor; the variants below name the floors that must fail.
@@ -124,23 +124,6 @@ BASELINE_FLOORS = {
 }
 
 
-def corrupted(kind: str | None, monkeypatch) -> None:
-    """Corrupt what the benchmark protocol hands every method to learn from (its FitData)."""
-    from benchmarks import protocol
-
-    original = protocol.fit_data
-
-    def fit_data(*args, **kwargs):
-        data = original(*args, **kwargs)
-        if kind == "labels":
-            data.labels = (data.labels + 1) % 3
-        elif kind == "masks":
-            data.masks = data.masks.transpose(-1, -2).contiguous()
-        return data
-
-    monkeypatch.setattr(protocol, "fit_data", fit_data)
-
-
 @pytest.mark.parametrize("key", BENCHMARK_METHODS)
 def test_benchmark_method_reaches_the_floors(known_answer, key):
     metrics = run_method(known_answer, key)
@@ -155,7 +138,9 @@ def test_trained_baseline_learns_the_known_answer(known_answer, key, broken, mon
     """Trained as it is, the baseline reaches its floors; trained on corrupted shots, it falls under at least one."""
     floors, kind = BASELINE_FLOORS[key]
     if broken:
-        corrupted(kind, monkeypatch)
+        from benchmarks import protocol
+
+        monkeypatch.setattr(protocol, "fit_data", corrupting(kind, protocol.fit_data))
     metrics = run_method(known_answer, key)
     failed = [f"{m}={metrics[m]:.3f} < {f}" for m, f in floors.items() if not metrics[m] >= f]
     if broken:
