@@ -165,3 +165,21 @@ def test_tip_adapter_f_keys_are_trained_not_renormalised(tiny_backbone):
     assert (norms - 1).abs().max() > 1e-4, norms
     assert 1 <= info["best_epoch"] <= 20 and 0.1 <= info["alpha"] < 3 and 0.1 <= info["beta"] < 7
     assert method.predict(_features(tiny_backbone, 2, 3)).class_probs.shape == (2, 3)
+
+
+def test_paper_numbers_sit_beside_ours_on_busi():
+    from benchmarks.report import paper_markdown
+
+    run = {"targets": {"bus_uclm_test": "", "busi": ""}, "shots": [4, 16], "random_weights": False}
+    summary = {"busi": {"UltraAD": {"4": {"image_auroc": {"mean": 0.5, "std": 0.0, "n": 1}},
+                                    "16": {"pixel_auroc": {"mean": 0.25, "std": 0.0, "n": 1}}},
+                        "linear probe": {"4": {}}}}
+    lines = paper_markdown(run, summary)
+    assert "ours: `busi`" in lines[0] and not any(line.startswith(">") for line in lines)  # same set: no caveat
+    rows = [line for line in lines if line.startswith("| UltraAD")]
+    assert rows == ["| UltraAD | 4 | 0.870 / 0.500 | 0.686 / – | 0.883 / – |",
+                    "| UltraAD | 16 | 0.914 / – | 0.738 / – | 0.918 / 0.250 |"]
+    assert not any("linear probe" in line for line in lines)  # the paper has no linear probe row
+    other = paper_markdown({**run, "targets": {"bus_bra": ""}, "random_weights": True},
+                           {"bus_bra": summary["busi"]})
+    assert other[2].startswith("> Ours are on `bus_bra`, not BUSI, with random weights")
