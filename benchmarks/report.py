@@ -109,6 +109,36 @@ def markdown(run: Mapping[str, Any], summary: Mapping[str, Any], cards: Mapping[
     return "\n".join(lines)
 
 
+def paper_markdown(run: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:
+    """This run's numbers beside the UltraAD paper's on BUSI (``--target busi=...``; without it, the run's last
+    unseen target, named in the header, which is NOT the paper's set)."""
+    from benchmarks.paper_numbers import METRICS, PAPER_BUSI
+
+    targets = list(run["targets"])
+    target = "busi" if "busi" in targets else targets[-1]
+    methods = [m for m in summary.get(target, {}) if m in PAPER_BUSI]
+    if not methods:
+        return []
+    same = target == "busi"
+    lines = [f"## Beside the paper (UltraAD Tab. 3.1 / Tab. 2, BUSI, ViT-L-14-336; ours: `{target}`)", ""]
+    if not same:
+        lines += [f"> Ours are on `{target}`, not BUSI" + (", with random weights" if run["random_weights"] else "")
+                  + ": the columns sit side by side for the layout only. Run `benchmarks/configs/paper.yaml` with "
+                  "`--target busi=/path` and the real weights to compare.", ""]
+    header = ["method", "k"] + [f"{col} paper / ours" for col in ("I-AUROC", "3-cls AUROC", "P-AUROC")]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        for k in run["shots"]:
+            row = summary[target][method].get(str(k), {})
+            cells = []
+            for col in ("detection", "classification", "localisation"):
+                paper = PAPER_BUSI[method].get(col, {}).get(k)
+                ours = row.get(METRICS[col])
+                cells.append(f"{'–' if paper is None else f'{paper / 100:.3f}'} / {_fmt(ours)}")
+            lines.append(f"| {method} | {k} | " + " | ".join(cells) + " |")
+    return lines + ["", "Paper values are means of 3 seeds (%, shown as fractions); '–': the paper gives none.", ""]
+
+
 def roc_curves(cells: Mapping[tuple[str, int, int], dict[str, Any]], target: str, k: int, seed: int,
                class_names: Sequence[str]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
     """Image-level ROC inputs of every method on ``target``: normal vs abnormal where the target has normal images,
@@ -208,7 +238,7 @@ def write_all(out: Path, run: dict[str, Any], cells: dict, cards: dict, grid_row
                       for (m, k, s), c in sorted(cells.items())],
         }, nan_as_null=True),
         "markdown": atomic_write_text(out / "results.md", markdown(run, summary, cards, mean_t) + "\n".join(
-            audit_markdown(audit, _fmt, audit_subset_sizes(cells)))),
+            audit_markdown(audit, _fmt, audit_subset_sizes(cells)) + ["", *paper_markdown(run, summary)])),
     }
     k, seed = max(run["shots"]), run["seeds"][0]
     for target in run["targets"]:

@@ -158,7 +158,7 @@ class TipAdapter(Method):
                 best = (acc, epoch, self.keys.detach().clone())
         with torch.no_grad():
             self.keys.copy_(best[2])
-        return {"best_epoch": best[1], "val_accuracy": best[0], "final_loss": float(loss)}
+        return {"best_epoch": best[1], "val_accuracy": best[0], "final_loss": float(loss.detach())}
 
     def fit(self, data: FitData) -> dict[str, Any]:
         f, y = normalised_cls(data.shots), data.labels
@@ -167,8 +167,10 @@ class TipAdapter(Method):
         self.values = F.one_hot(y, len(self.class_names)).float()
         self.keys = nn.Parameter(f.clone())
         info: dict[str, Any] = self._finetune(f, y, vf, vy, data.seed) if self.finetune else {}
-        with torch.no_grad():
-            scored = [(val_nll(self._logits(vf, a, b), vy), a, b) for a, b in itertools.product(self.ALPHAS, self.BETAS)]
+        with torch.no_grad():  # the two logit terms once; the 4000 (alpha, beta) pairs only recombine them
+            clip_logits, distance = LOGIT_SCALE * vf @ self.text.T, 1.0 - vf @ self.keys.T
+            scored = [(val_nll(clip_logits + a * torch.exp(-b * distance) @ self.values, vy), a, b)
+                      for a, b in itertools.product(self.ALPHAS, self.BETAS)]
         nll, self.alpha, self.beta = min(scored)
         return {**info, "alpha": self.alpha, "beta": self.beta, "val_nll": nll}
 

@@ -58,8 +58,10 @@ def harmonic_aggregation(window_scores: torch.Tensor, windows: torch.Tensor, n_p
     of them scores 0)."""
     cover = torch.zeros(windows.shape[0], n_patches, dtype=window_scores.dtype, device=window_scores.device)
     cover.scatter_(1, windows.to(window_scores.device), 1.0)  # (W, N)
-    inverse = (1.0 / window_scores) @ cover  # (B, N): sum over covering windows of 1 / score
-    return (cover.sum(dim=0) / inverse).nan_to_num(posinf=0.0)
+    zero = window_scores == 0  # 1 / 0 would meet the zeros of `cover` in the product (inf * 0 = nan)
+    inverse = (1.0 / torch.where(zero, torch.ones_like(window_scores), window_scores)) @ cover  # (B, N)
+    mean = cover.sum(dim=0) / inverse
+    return torch.where((zero.to(cover.dtype) @ cover) > 0, torch.zeros_like(mean), mean)
 
 
 def text_embeddings(backbone: ClipBackbone, normal: Sequence[str], abnormal: Sequence[str]) -> torch.Tensor:
@@ -119,7 +121,8 @@ def class_scores(embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 def association(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """(B, N, D) vs (M, D): half the minimum cosine distance of every embedding to the reference: (B, N)."""
     cos = F.normalize(embeddings.float(), dim=-1) @ F.normalize(reference.float(), dim=-1).T
-    return (1.0 - cos).amin(dim=-1) / 2.0
+    # 1 - cos >= 0; rounding can make it -1e-8, whose reciprocal would swing the harmonic means
+    return (1.0 - cos).clamp_min(0.0).amin(dim=-1) / 2.0
 
 
 def zero_shot_map(image_score: torch.Tensor, windows: Sequence[torch.Tensor], text: torch.Tensor,

@@ -10,8 +10,10 @@ from benchmarks.methods.common import ContextPrompts
 from monai_ultraad.constants import CLASS_NAMES
 from monai_ultraad.networks import VisualFeatures
 
-# MVFA runs its adapted tower on images (tests/test_mvfa_engine.py, the smoke benchmark), not on synthetic taps
+# MVFA runs its adapted tower on images (tests/test_mvfa_engine.py, the smoke benchmark), not on synthetic taps;
+# WinCLIP(+) and April-GAN read the images too (windows, raw taps): they run on a small synthetic image set here
 BASELINES = [k for k in METHODS if not k.startswith("ultraad") and not getattr(METHODS[k], "needs_images", False)]
+IMAGE_BASELINES = [k for k in METHODS if getattr(METHODS[k], "needs_images", False) and k != "mvfa"]
 
 
 def _features(backbone, n: int, seed: int) -> VisualFeatures:
@@ -30,12 +32,30 @@ def _fit_data(backbone) -> FitData:
                    torch.tensor([0, 1, 2] * 3), [], [], [], store=None, seed=0)
 
 
-@pytest.mark.parametrize("key", BASELINES)
-def test_baseline_outputs(tiny_backbone, key):
+@pytest.fixture(scope="module")
+def image_data(tiny_backbone, synthetic_dataset):
+    """FitData of a real (synthetic) image split and 5 test items, features in memory."""
+    from benchmarks import protocol
+    from monai_ultraad import engine
+    from monai_ultraad.data import make_fewshot_split, read_dataset
+
+    split = make_fewshot_split(read_dataset(synthetic_dataset), k=2, seed=0, split_seed=0)
+    store = engine.build_store(tiny_backbone, cache_dir=None, progress=False)
+    return protocol.fit_data(split, store, tiny_backbone, seed=0), split.test[:5]
+
+
+def _fit_and_predict(key, tiny_backbone, image_data):
     method = METHODS[key](tiny_backbone, CLASS_NAMES)
-    chosen = method.fit(_fit_data(tiny_backbone))
+    if key in IMAGE_BASELINES:
+        data, items = image_data
+        return method, method.fit(data), method.predict_items(items)
+    return method, method.fit(_fit_data(tiny_backbone)), method.predict(_features(tiny_backbone, 5, 2))
+
+
+@pytest.mark.parametrize("key", BASELINES + IMAGE_BASELINES)
+def test_baseline_outputs(tiny_backbone, image_data, key):
+    method, chosen, pred = _fit_and_predict(key, tiny_backbone, image_data)
     assert isinstance(chosen, dict)
-    pred = method.predict(_features(tiny_backbone, 5, 2))
     size = tiny_backbone.image_size
     assert pred.anomaly_score is not None and pred.anomaly_score.shape == (5,)
     assert torch.isfinite(pred.anomaly_score).all()
@@ -50,13 +70,9 @@ def test_baseline_outputs(tiny_backbone, key):
     assert (pred.class_probs is None) == (method.card.classes == "binary only")
 
 
-def test_baseline_fit_is_seeded(tiny_backbone):
+def test_baseline_fit_is_seeded(tiny_backbone, image_data):
     """Same seed, same shots: identical predictions (every stochastic step takes the seed)."""
-    outs = []
-    for _ in range(2):
-        method = METHODS["april_gan"](tiny_backbone, CLASS_NAMES)
-        method.fit(_fit_data(tiny_backbone))
-        outs.append(method.predict(_features(tiny_backbone, 3, 5)).anomaly_map)
+    outs = [_fit_and_predict("april_gan", tiny_backbone, image_data)[2].anomaly_map for _ in range(2)]
     torch.testing.assert_close(outs[0], outs[1])
 
 
@@ -70,11 +86,13 @@ def test_context_prompts_match_plain_text_encoding(tiny_backbone):
     torch.testing.assert_close(prompts(), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_anomaly_memory_needs_a_normal_shot(tiny_backbone):
-    data = _fit_data(tiny_backbone)
-    data.labels = torch.tensor([1, 1, 1, 2, 2, 2])
+@pytest.mark.parametrize("key", ["april_gan", "winclip_plus"])
+def test_anomaly_memory_needs_a_normal_shot(tiny_backbone, image_data, key):
+    import dataclasses
+
+    data = dataclasses.replace(image_data[0], labels=torch.ones_like(image_data[0].labels))
     with pytest.raises(ValueError, match="normal shot"):
-        METHODS["april_gan"](tiny_backbone, CLASS_NAMES).fit(data)
+        METHODS[key](tiny_backbone, CLASS_NAMES).fit(data)
 
 
 def test_speed_script_reports_backbone_and_head(tmp_path):

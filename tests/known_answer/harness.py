@@ -77,6 +77,23 @@ def run_method(ka: KnownAnswerSet, key: str, seed: int = SEED, **options: Any) -
     return record["targets"]["known_answer_test"]["metrics"]
 
 
+def corrupting(kind: str | None, fit_data):
+    """``benchmarks.protocol.fit_data`` whose shots are corrupted: ``labels`` rotated (normal -> benign ->
+    malignant -> normal) or ``masks`` transposed; a learner that learns from them must fall under its floors."""
+
+    def corrupted(*args, **kwargs):
+        data = fit_data(*args, **kwargs)
+        if kind == "labels":
+            data.labels = (data.labels + 1) % 3
+        elif kind == "masks":
+            data.masks = data.masks.transpose(-1, -2).contiguous()
+        elif kind is not None:
+            raise ValueError(f"unknown corruption {kind!r}: labels or masks")
+        return data
+
+    return corrupted
+
+
 def format_row(name: str, metrics: dict[str, Any]) -> str:
     cells = ["–" if metrics.get(k) is None else f"{float(metrics[k]):.3f}" for k in FLOOR_METRICS]
     return f"| {name} | " + " | ".join(cells) + " |"
@@ -101,6 +118,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--variants", action="store_true", help=f"also the broken variants {VARIANTS}")
     parser.add_argument("--methods", default="", help="comma-separated benchmark method keys to run as well")
+    parser.add_argument("--corrupt", choices=("labels", "masks"), default=None,
+                        help="train the --methods on corrupted shots (rotated labels or transposed masks)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     torch.set_num_threads(1)  # tiny tensors: one thread is faster, and fair to other jobs
@@ -124,6 +143,9 @@ def main() -> None:
                     m, _, _ = run_ultraad(ka, engine.TrainConfig(seed=seed, **overrides), seed=seed, **model_kwargs)
                 patch.undo()
                 print(f"| seed {seed} {variant} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |", flush=True)
+            from benchmarks import protocol
+
+            protocol.fit_data = corrupting(args.corrupt, protocol.fit_data)
             for key in filter(None, args.methods.split(",")):
                 t0 = time.perf_counter()
                 try:

@@ -15,7 +15,7 @@ import torch
 
 from monai_ultraad import checkpoint, engine
 from monai_ultraad.metrics import dice_threshold_curve
-from tests.known_answer.harness import prepare, run_method, run_ultraad
+from tests.known_answer.harness import corrupting, prepare, run_method, run_ultraad
 from tests.known_answer.variants import broken
 
 #: metric -> floor; the variants below name the floors that must fail.
@@ -109,6 +109,20 @@ def test_fusion_is_trained(known_answer, trained):
 #: Benchmark methods held to the same floors (on the outputs they have); see README for the others, tried read-only.
 BENCHMARK_METHODS = ("ultraad",)
 
+#: Every trained baseline, with floors for the outputs it has, set under its seed-0 figures on this set (README,
+#: "Known-answer test"), and the corruption of its training data that must take it under them: the shots' labels
+#: rotated (normal -> benign -> malignant -> normal) for the classifiers and prompt learners, the shots' masks
+#: transposed for the segmentation learners. Chance is 0.5 (AUROC) and 0.333 (balanced accuracy).
+BASELINE_FLOORS = {
+    "linear_probe": ({"image_auroc": 0.60, "benign_malignant_auroc": 0.60, "balanced_accuracy": 0.45}, "labels"),
+    "lp_plus_plus": ({"image_auroc": 0.60, "balanced_accuracy": 0.38}, "labels"),
+    "tip_adapter_f": ({"image_auroc": 0.60}, "labels"),
+    "coop": ({"image_auroc": 0.70}, "labels"),
+    "cocoop": ({"image_auroc": 0.68, "balanced_accuracy": 0.39}, "labels"),
+    "april_gan": ({"pixel_auroc": 0.85, "dice": 0.35, "image_auroc": 0.80}, "masks"),
+    "anomalyclip": ({"pixel_auroc": 0.70, "dice": 0.20}, "masks"),
+}
+
 
 @pytest.mark.parametrize("key", BENCHMARK_METHODS)
 def test_benchmark_method_reaches_the_floors(known_answer, key):
@@ -116,3 +130,20 @@ def test_benchmark_method_reaches_the_floors(known_answer, key):
     applicable = [k for k in FLOORS if metrics.get(k) is not None]
     assert applicable, f"{key} has none of the floor metrics"
     assert not below(metrics, applicable), below(metrics, applicable)
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["trained", "corrupted"])
+@pytest.mark.parametrize("key", sorted(BASELINE_FLOORS))
+def test_trained_baseline_learns_the_known_answer(known_answer, key, broken, monkeypatch):
+    """Trained as it is, the baseline reaches its floors; trained on corrupted shots, it falls under at least one."""
+    floors, kind = BASELINE_FLOORS[key]
+    if broken:
+        from benchmarks import protocol
+
+        monkeypatch.setattr(protocol, "fit_data", corrupting(kind, protocol.fit_data))
+    metrics = run_method(known_answer, key)
+    failed = [f"{m}={metrics[m]:.3f} < {f}" for m, f in floors.items() if not metrics[m] >= f]
+    if broken:
+        assert failed, f"{key} trained on {kind} corrupted still passes {floors}: {metrics}"
+    else:
+        assert not failed, failed
