@@ -32,3 +32,14 @@ def assert_image_metrics_match_records(metrics: Mapping[str, Any], predictions: 
     predicted = probs.argmax(1)
     assert metrics["accuracy"] == pytest.approx(accuracy_score(labels, predicted), abs=1e-9)
     assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, predicted), abs=1e-9)
+
+
+def assert_benign_malignant_auroc_matches_records(metrics: Mapping[str, Any],
+                                                 predictions: Sequence[Mapping[str, Any]]) -> None:
+    """``benign_malignant_auroc`` equals scikit-learn's on the abnormal records, scored P(m) / (P(b) + P(m))."""
+    abnormal = [p for p in predictions if p["label"] != "normal"]
+    truth = np.array([p["label"] == "malignant" for p in abnormal], dtype=int)
+    score = np.array([p["probabilities"]["malignant"] / (p["probabilities"]["benign"] + p["probabilities"]["malignant"])
+                      for p in abnormal])
+    assert 0 < truth.sum() < len(truth)
+    assert metrics["benign_malignant_auroc"] == pytest.approx(roc_auc_score(truth, score), abs=1e-6)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.record_metrics import assert_image_metrics_match_records
+from tests.record_metrics import assert_benign_malignant_auroc_matches_records, assert_image_metrics_match_records
 from tests.record_schema import check_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,8 @@ def test_evaluating_on_an_unseen_dataset(trained, data_dir, tmp_path):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n_images"] == 24 and metrics["n_normal"] == 0
     assert metrics["image_auroc"] is None  # no normal image: undefined, and said so
-    assert 0 <= metrics["benign_malignant_auroc"] <= 1
+    predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert_benign_malignant_auroc_matches_records(metrics, predictions)
 
 
 def _absolute(row: str, root: Path) -> str:
