@@ -64,7 +64,12 @@ ultraad_mapbase
 echo "== 4/7 runtime image for --base-image ($RUNTIME_IMAGE)"
 mkdir -p "$WORK/runtime/wheels"
 cp "$REPO/deploy_app/requirements.txt" "$REPO/constraints.txt" "$WORK/runtime/"
-$NICE python3 -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/runtime/wheels" "$REPO"
+# the wheel is built from a copy of the checkout's files: a setuptools build/ folder left in the checkout would
+# otherwise put modules that no longer exist into the image (seen: a deleted module shipped, the self-check skipped)
+mkdir -p "$WORK/src"
+(cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
+    | tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -xf - -C "$WORK/src"
+$NICE python3 -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/runtime/wheels" "$WORK/src"
 python3 - "$WORK/runtime" <<'PY'
 import sys, zipfile
 from pathlib import Path
