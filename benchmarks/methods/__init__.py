@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from benchmarks.methods.anomaly import MVFA, AnomalyCLIPStyle, AprilGAN
+from benchmarks.methods.anomaly import MVFA, AprilGAN
+from benchmarks.methods.anomalyclip import AnomalyCLIP
 from benchmarks.methods.base import FitData, Method, MethodCard, Prediction
 from benchmarks.methods.classifiers import CLIPAdapter, LinearProbe, LPPlusPlus, TipAdapter, TipAdapterF
 from benchmarks.methods.prompt_learning import CoCoOp, CoOp
@@ -28,7 +29,7 @@ METHODS: dict[str, type[Method]] = {
     "cocoop": CoCoOp,
     "april_gan": AprilGAN,
     "mvfa": MVFA,
-    "anomalyclip": AnomalyCLIPStyle,
+    "anomalyclip": AnomalyCLIP,
     "ultraad": UltraADMethod,
     "ultraad_no_image_aware": UltraADNoImageAwarePrompts,
     "ultraad_no_memory": UltraADNoMemory,

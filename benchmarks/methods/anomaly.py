@@ -1,7 +1,7 @@
-"""CLIP anomaly-localisation baselines trained on the shots' masks: April-GAN, MVFA, AnomalyCLIP-style prompts.
+"""CLIP anomaly-localisation baselines trained on the shots' masks: April-GAN, MVFA (AnomalyCLIP: anomalyclip.py).
 
 They are binary (normal / abnormal): no fine-grained class, so their 3-class metrics are not applicable.
-April-GAN and AnomalyCLIP-style read the cached taps of the frozen tower; MVFA inserts its adapters into the tower
+April-GAN reads raw residual taps of the frozen tower (cached apart from the shared taps); MVFA inserts its adapters into the tower
 as its authors do, so it reads the images (the library model, monai_ultraad.networks.mvfa).
 """
 
@@ -18,14 +18,8 @@ from torch.nn import functional as F
 from benchmarks.methods.base import FitData, Method, MethodCard, Prediction
 from benchmarks.methods.common import (
     LOGIT_SCALE,
-    ContextPrompts,
-    MapMaker,
-    abnormal_labels,
-    normalised_cls,
-    project_patches,
     state_text,
     to_grid,
-    train_minibatches,
     two_class_logits,
 )
 from benchmarks.methods.derived import derived_store, raw_taps
@@ -198,60 +192,3 @@ class MVFA(Method):
 
     def predict(self, features: VisualFeatures) -> Prediction:
         raise TypeError("MVFA runs the adapted tower on images: the protocol calls predict_items")
-
-
-class AnomalyCLIPStyle(Method):
-    """AnomalyCLIP-style object-agnostic prompts (Zhou et al., ICLR 2024): learnable ``[V..] object.`` and
-    ``[W..] damaged object.`` contexts, trained with a global (class token, cross-entropy) and local (patch maps of
-    every tapped layer, Dice + Focal) loss. Without AnomalyCLIP's DPAM attention change and deep text prompts,
-    which need the towers themselves."""
-
-    name = "AnomalyCLIP-style"
-    card = MethodCard("prompt learning (anomaly)", "P(abnormal | class token) with the learnt prompts",
-                      "mean over tapped layers of projected patches vs learnt normal/abnormal prompts",
-                      "bilinear + Gaussian sigma 4 px", "binary only", "Zhou et al., AnomalyCLIP, ICLR 2024",
-                      notes=[("no DPAM (value-value attention in the image tower's last blocks): the cached taps are "
-                             "those of the unmodified tower"),
-                             ("no deep text prompts (AnomalyCLIP: learnable tokens inserted in text blocks 2-9, "
-                             "length 4): only the input context tokens are learnt"),
-                             ("patch maps from the cached taps after ln_post, projected (AnomalyCLIP: its DPAM "
-                             "branch's tokens), scale 100 (AnomalyCLIP: 1 / 0.07)"),
-                             ("trained on the k shots' masks for 30 epochs, batch 8 (AnomalyCLIP: on an auxiliary "
-                             "dataset, 15 epochs)")])
-
-    def __init__(self, backbone, class_names, **options) -> None:
-        super().__init__(backbone, class_names, **options)
-        self.maps = MapMaker(backbone, sigma=4.0)
-
-    def fit(self, data: FitData) -> dict[str, Any]:
-        self.prompts = ContextPrompts(self.backbone, ["object", "damaged object"], n_ctx=12, shared=False,
-                                      seed=data.seed)
-        cls, tokens = normalised_cls(data.shots), project_patches(self.backbone, data.shots)
-        targets, masks = abnormal_labels(data.labels), data.masks
-        dice = DiceLoss(smooth_nr=1.0, smooth_dr=1.0)
-        grid, size = self.backbone.grid_size, self.backbone.image_size
-        binary = (masks > 0.5).float()
-
-        def step(idx: torch.Tensor) -> torch.Tensor:
-            text = self.prompts()
-            total = F.cross_entropy(LOGIT_SCALE * cls[idx] @ text.T, targets[idx])
-            for i in range(tokens.shape[1]):
-                logits = to_grid(two_class_logits(tokens[idx, i], text), grid)
-                up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True)
-                prob = up.softmax(dim=1)
-                total = total + focal_loss(up, binary[idx]) + dice(prob[:, 1:], binary[idx]) \
-                    + dice(prob[:, :1], 1.0 - binary[idx])
-            return total
-
-        history = train_minibatches(self.prompts.parameters(), step, len(targets), EPOCHS, data.seed, adam_betas=(0.5, 0.999))
-        with torch.no_grad():
-            self.text = self.prompts()
-        return {"epochs": EPOCHS, "final_loss": history[-1]}
-
-    @torch.no_grad()
-    def predict(self, features: VisualFeatures) -> Prediction:
-        score = (LOGIT_SCALE * normalised_cls(features) @ self.text.T).softmax(dim=-1)[:, 1]
-        tokens = project_patches(self.backbone, features)
-        patch = torch.stack([two_class_logits(tokens[:, i], self.text).softmax(dim=1)[:, 1]
-                             for i in range(tokens.shape[1])]).mean(0)
-        return Prediction(score, None, self.maps(patch))
