@@ -163,7 +163,7 @@ def compare(out: Path) -> dict:
     with torch.no_grad():
         prompts.ctx.copy_(given["ctx"])
         prompts.deep.copy_(given["deep"])
-    images, size, n_blocks = inputs["images"], inputs["images"].shape[-1], len(backbone.visual.transformer.resblocks)
+    images, size = inputs["images"], inputs["images"].shape[-1]
     with torch.no_grad():
         text = prompts()
         image, patches = anomalyclip.dpam_features(backbone, images, inputs["taps"], inputs["dpam_start"])

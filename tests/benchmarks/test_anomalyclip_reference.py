@@ -93,10 +93,10 @@ def test_focal_and_dice_by_hand():
     """The reference's focal loss on probabilities: one pixel, p = (0.25, 0.75), target abnormal: one-hot clamped
     to (1e-5, 1 - 1e-5), p_t = 1e-5 * 0.25 + (1 - 1e-5) * 0.75 + 1e-5, loss -(1 - p_t)^2 log p_t. Dice of a 2x2
     map at 0.5 against one lesion pixel: 1 - (2 * 0.5 + 1) / (2 + 1 + 1) = 0.5."""
-    prob = torch.tensor([0.25, 0.75]).view(1, 2, 1, 1)
+    prob = torch.tensor([0.25, 0.75], dtype=torch.float64).view(1, 2, 1, 1)  # float64: the clamp moves p_t by 5e-6
     pt = 1e-5 * 0.25 + (1 - 1e-5) * 0.75 + 1e-5
     torch.testing.assert_close(ac.focal_loss(prob, torch.ones(1, 1, 1, 1)),
-                               torch.tensor(-(1 - pt) ** 2 * math.log(pt)))
+                               torch.tensor(-(1 - pt) ** 2 * math.log(pt), dtype=torch.float64), rtol=1e-9, atol=0)
     mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
     torch.testing.assert_close(ac.binary_dice(torch.full((1, 1, 2, 2), 0.5), mask), torch.tensor(0.5))
 
