@@ -80,7 +80,8 @@ def lpplusplus_fit(f: torch.Tensor, y: torch.Tensor, vf: torch.Tensor, vy: torch
     last step's as ``final_weight``, ``final_bias``, ``final_alpha``."""
     n, classes = len(y), text.shape[0]
     one_hot = F.one_hot(y, classes).to(f.dtype)
-    zero_shot = f @ text.T  # (N, C)
+    text_t = text.T.contiguous()  # (D, C) as the official code holds it: the same products, the same rounding
+    zero_shot = f @ text_t  # (N, C)
     # in the official code's precisions (fp32 statistics, the alpha mean in fp64): 300 steps at these step
     # sizes amplify a last-bit difference
     init_alpha = (250.0 * ((one_hot * zero_shot).sum(0) / one_hot.sum(0)).double()).mean()
@@ -92,17 +93,18 @@ def lpplusplus_fit(f: torch.Tensor, y: torch.Tensor, vf: torch.Tensor, vy: torch
     weight, bias = nn.Parameter(one_hot.T @ f), nn.Parameter(linear.bias.detach().clone())
     alpha = (init_alpha * torch.ones(1, classes, dtype=f.dtype)).requires_grad_(True)
     optimizer = torch.optim.SGD([weight, bias], lr_w, momentum=0.9)
-    val_zero_shot = vf @ text.T
+    val_zero_shot = vf @ text_t
     best: dict[str, Any] = {"val_accuracy": -1.0}
     for epoch in range(epochs):
-        loss = F.cross_entropy(f @ weight.T + bias + alpha * zero_shot, y)
+        loss = F.cross_entropy(F.linear(f, weight, bias) + torch.ones(n, 1, dtype=f.dtype) @ alpha * zero_shot, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if (epoch + 1) % 10 == 0:
             alpha.data -= lr_alpha * alpha.grad.data
         with torch.no_grad():
-            accuracy = float(((vf @ weight.T + bias + alpha * val_zero_shot).argmax(1) == vy).float().mean())
+            logits = F.linear(vf, weight, bias) + torch.ones(len(vy), 1, dtype=f.dtype) @ alpha * val_zero_shot
+            accuracy = float((logits.argmax(1) == vy).float().mean())
         if accuracy >= best["val_accuracy"]:
             best = {"val_accuracy": accuracy, "epoch": epoch, "weight": weight.detach().clone(),
                     "bias": bias.detach().clone(), "alpha": alpha.detach().clone()}
