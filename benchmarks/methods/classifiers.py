@@ -238,7 +238,10 @@ class CLIPAdapter(Method):
                       notes=[("residual ratio searched on validation log-likelihood over 0.1..1.0 (paper: tuned per "
                               "dataset; official code: 0.2 fixed)"),
                              "best of every 10 epochs on validation log-likelihood (official: the last epoch)",
-                             "no image augmentation (official: random resized crops and flips, features per epoch)"])
+                             "no image augmentation (official: random resized crops and flips, features per epoch)",
+                             ("schedule: CoOp's Dassl config (SGD 2e-3, cosine, 1 warm-up epoch at 1e-5, batch 32, 200 "
+                              "epochs, weight decay 5e-4); the official repository ships no config, its README runs "
+                              "CoOp's command (the LP++ authors' re-implementation: lr 1e-2)")])
     RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 11))
     EPOCHS, BATCH, LR, WEIGHT_DECAY = 200, 32, 2e-3, 5e-4
 
