@@ -15,7 +15,7 @@ PAPER_BUSI: dict[str, dict[str, dict[int, float]]] = {
     "WinCLIP": {"detection": _ZS(79.7), "localisation": _ZS(79.7)},
     "AnomalyCLIP": {"detection": {4: 62.9, 8: 81.9, 16: 85.6}, "localisation": {4: 87.8, 8: 90.0, 16: 90.6}},
     "MVFA": {"detection": {4: 78.4, 8: 84.0, 16: 90.6}, "localisation": {4: 69.9, 8: 66.2, 16: 69.5}},
-    "LP++-style": {"classification": {4: 56.8, 8: 62.3, 16: 70.1}},
+    "LP++": {"classification": {4: 56.8, 8: 62.3, 16: 70.1}},
     "CLIP-Adapter": {"classification": {4: 51.8, 8: 51.8, 16: 52.0}},
     "Tip-Adapter": {"classification": {4: 58.9, 8: 61.4, 16: 68.8}},
     "CoOp": {"classification": {4: 58.8, 8: 61.8, 16: 67.7}},

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from benchmarks.methods import CLIPAdapter, LinearProbe, LPPlusPlus, TipAdapter
+from benchmarks.methods.classifiers import lpplusplus_fit
 from benchmarks.methods.common import LOGIT_SCALE, probs_from_logits
 from monai_ultraad.constants import CLASS_NAMES
 
@@ -43,12 +44,25 @@ def test_tip_adapter_cache_logits():
 
 
 def test_lp_plus_plus_blends_class_text_per_class():
-    """``100 (f W^T + alpha * f T^T)``: W = T = I, alpha = (1, 0, 2), f = e3 gives (0, 0, 100 * (1 + 2))."""
+    """``f W^T + b + alpha * f T^T`` (no logit scale, as LP++): W = T = I, b = (0, 1, 0), alpha = (1, 0, 2)."""
     lp = _method(LPPlusPlus)
-    lp.weight, lp.text, lp.alpha = nn.Parameter(EYE.clone()), EYE.clone(), nn.Parameter(torch.tensor([1.0, 0.0, 2.0]))
-    with torch.no_grad():
-        torch.testing.assert_close(lp._logits(EYE[2:]), torch.tensor([[0.0, 0.0, 300.0]]))
-        torch.testing.assert_close(lp._logits(EYE[:1]), torch.tensor([[200.0, 0.0, 0.0]]))
+    lp.weight, lp.text, lp.alpha, lp.bias = EYE.clone(), EYE.clone(), torch.tensor([1.0, 0.0, 2.0]), EYE[1].clone()
+    torch.testing.assert_close(lp._logits(EYE[2:]), torch.tensor([[0.0, 1.0, 3.0]]))
+    torch.testing.assert_close(lp._logits(EYE[:1]), torch.tensor([[2.0, 1.0, 0.0]]))
+
+
+def test_lp_plus_plus_solver_constants_by_hand():
+    """Two shots f = e1 (class 0), e2 (class 1), text rows (0.6, 0.8), (0.8, 0.6): F^T F = I so the W step is
+    4 N / 1 = 8; the zero-shot logits f t_c are [[0.6, 0.8], [0.8, 0.6]], so alpha starts at 250 x mean(0.6, 0.6)
+    = 150 and its step is N / (4 max_c sum_i (f_i t_c)^2) = 2 / 4 = 0.5; W starts at the per-class sums (I).
+    alpha moves only at every 10th step."""
+    f, y, text = torch.eye(2), torch.tensor([0, 1]), torch.tensor([[0.6, 0.8], [0.8, 0.6]])
+    nine = lpplusplus_fit(f, y, f, y, text, epochs=9)
+    assert nine["lr_w"] == pytest.approx(8.0) and nine["lr_alpha"] == pytest.approx(0.5)
+    assert nine["init_alpha"] == pytest.approx(150.0)
+    torch.testing.assert_close(nine["final_alpha"], torch.full((1, 2), 150.0))
+    ten = lpplusplus_fit(f, y, f, y, text, epochs=10)
+    assert (ten["final_alpha"] != 150.0).all()
 
 
 def test_linear_probe_puts_log_probabilities_in_class_order():
@@ -65,12 +79,32 @@ def test_linear_probe_puts_log_probabilities_in_class_order():
 
 def test_clip_adapter_residual_ratio():
     """An MLP that outputs zeros leaves ``0.8 f`` -> normalised f: plain zero-shot CLIP logits; an MLP that outputs
-    ``e2`` for f = e1 gives the direction (0.8, 0.2, 0) / norm."""
+    ``e2`` for f = e1 gives the direction (0.8, 0.2, 0) / norm at ratio 0.2, pure e2 at ratio 1."""
     adapter = _method(CLIPAdapter)
-    adapter.text = EYE.clone()
+    adapter.text, adapter.ratio = EYE.clone(), 0.2
     adapter.mlp = lambda f: torch.zeros_like(f)
     torch.testing.assert_close(adapter._logits(EYE[:1]), torch.tensor([[LOGIT_SCALE, 0.0, 0.0]]))
     adapter.mlp = lambda f: EYE[1:2].expand_as(f)
     norm = math.hypot(0.8, 0.2)
     expected = torch.tensor([[0.8 / norm, 0.2 / norm, 0.0]]) * LOGIT_SCALE
     torch.testing.assert_close(adapter._logits(EYE[:1]), expected)
+    adapter.ratio = 1.0
+    torch.testing.assert_close(adapter._logits(EYE[:1]), torch.tensor([[0.0, LOGIT_SCALE, 0.0]]))
+
+
+def test_clip_adapter_searches_every_ratio_and_keeps_the_best(monkeypatch):
+    """Each ratio of 0.1 .. 1.0 trains its own adapter; the one with the lowest validation NLL is kept."""
+    adapter = _method(CLIPAdapter)
+    tried = []
+
+    def fake_train(ratio, *args):
+        tried.append(ratio)
+        return abs(ratio - 0.7), 10, f"mlp at {ratio}"
+
+    monkeypatch.setattr(adapter, "_train", fake_train)
+    monkeypatch.setattr("benchmarks.methods.classifiers.class_text", lambda *a: EYE.clone())
+    feats = SimpleNamespace(cls_token=EYE.clone())
+    info = adapter.fit(SimpleNamespace(shots=feats, labels=torch.arange(3), val_features=feats,
+                                       val_labels=torch.arange(3), seed=0))
+    assert tried == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert (info["ratio"], adapter.ratio, adapter.mlp) == (0.7, 0.7, "mlp at 0.7")

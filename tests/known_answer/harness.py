@@ -79,7 +79,8 @@ def run_method(ka: KnownAnswerSet, key: str, seed: int = SEED, **options: Any) -
 
 def corrupting(kind: str | None, fit_data):
     """``benchmarks.protocol.fit_data`` whose shots are corrupted: ``labels`` rotated (normal -> benign ->
-    malignant -> normal) or ``masks`` transposed; a learner that learns from them must fall under its floors."""
+    malignant -> normal) or ``masks`` transposed (the tensors and, for learners that read them, the shots' mask
+    files); a learner that learns from them must fall under its floors."""
 
     def corrupted(*args, **kwargs):
         data = fit_data(*args, **kwargs)
@@ -87,11 +88,26 @@ def corrupting(kind: str | None, fit_data):
             data.labels = (data.labels + 1) % 3
         elif kind == "masks":
             data.masks = data.masks.transpose(-1, -2).contiguous()
+            data.shot_items = [transposed_mask(it) for it in data.shot_items]  # for learners that read the files
         elif kind is not None:
             raise ValueError(f"unknown corruption {kind!r}: labels or masks")
         return data
 
     return corrupted
+
+
+def transposed_mask(item: dict) -> dict:
+    """``item`` with its mask file replaced by a transposed copy (written beside the set, in ``masks_transposed``)."""
+    if not item.get("mask"):
+        return item
+    import numpy as np
+    from PIL import Image
+
+    src = Path(item["mask"])
+    dst = src.parent.parent / "masks_transposed" / src.name
+    dst.parent.mkdir(exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(np.asarray(Image.open(src)).T)).save(dst)
+    return {**item, "mask": str(dst)}
 
 
 def format_row(name: str, metrics: dict[str, Any]) -> str:
