@@ -157,7 +157,7 @@ def train_minibatches(
     generator = torch.Generator().manual_seed(seed)
     params = list(params)
     schedule = None
-    if sgd_paper:  # CoOp / CoCoOp (Dassl): SGD momentum 0.9, cosine over the epochs, first epoch at constant 1e-5
+    if sgd_paper:  # CoOp / CoCoOp (Dassl): SGD momentum 0.9, first epoch at constant 1e-5, then cosine over the epochs
         optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     elif adam_betas is not None:
@@ -178,10 +178,11 @@ def train_minibatches(
             total += float(loss.detach()) * len(idx)
         history.append(total / n)
         if schedule is not None:
-            if epoch == 0:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            schedule.step()
+            if epoch == 0:  # Dassl's ConstantWarmupScheduler: epoch 1 runs at the cosine's start, the base lr,
+                for group in optimizer.param_groups:  # so epoch e >= 1 runs at cosine(e - 1) (its successor steps
+                    group["lr"] = lr  # from the second epoch's end on; measured: benchmarks/coop_parity.py)
+            else:
+                schedule.step()
     return history
 
 
