@@ -82,7 +82,6 @@ def reference(out: Path, ref: Path) -> None:
     import model as official_model
     import open_clip as official_open_clip
     import test as official_test
-
     from PIL import Image
 
     fromarray = Image.fromarray

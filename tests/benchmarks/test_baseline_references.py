@@ -2,7 +2,8 @@
 
 WinCLIP's pieces against numbers worked out by hand (and anomalib's documented example), April-GAN's raw taps and
 loss, Tip-Adapter-F's schedule, CoOp's optimiser; parity of WinCLIP with anomalib itself is
-``benchmarks/winclip_parity.py`` (figures in benchmarks/results/winclip-parity/).
+``benchmarks/winclip_parity.py`` (figures in benchmarks/results/winclip-parity/), of April-GAN and CoOp / CoCoOp
+with their official code ``benchmarks/april_gan_parity.py`` and ``benchmarks/coop_parity.py``.
 """
 
 from __future__ import annotations
