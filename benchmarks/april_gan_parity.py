@@ -76,6 +76,7 @@ def make(out: Path, seed: int = 0) -> None:
 def reference(out: Path, ref: Path) -> None:
     """The official test.py, zero-shot then few-shot, with recorders around its functions."""
     import os
+    import shutil
 
     sys.path.insert(0, str(ref))
     os.chdir(ref)  # its tokenizer and model configs are found relative to its files, its prompts module by name
@@ -131,6 +132,7 @@ def reference(out: Path, ref: Path) -> None:
         official_test.LinearLayer = official_model.LinearLayer
         official_test.normalize, official_test.roc_auc_score = recording_normalize, recording_roc
         save = out / f"official_{mode}"
+        shutil.rmtree(save, ignore_errors=True)  # its sampler appends the picked shots to save/k_shot.txt
         args = argparse.Namespace(
             data_path=str(out / "data" / "mvtec"), save_path=str(save), checkpoint_path=str(out / "linear.pth"),
             config_path=str(ref / "open_clip/model_configs/ViT-B-16.json"), dataset="mvtec", model=ARCH,
