@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 import torch
 from monai.losses import DiceLoss
-from monai.networks.layers import GaussianFilter
 from torch import nn
 from torch.nn import functional as F
 
 from benchmarks.methods.base import FitData, Method, MethodCard, Prediction
 from benchmarks.methods.common import (
     LOGIT_SCALE,
+    gaussian_smooth,
     state_text,
     to_grid,
     two_class_logits,
@@ -51,9 +51,16 @@ class AprilGAN(Method):
                       "0.5 * (P(abnormal | class token) + min-max normalised max of the map)",
                       "sum over layers of [trained linear layer on raw residual tokens vs state ensemble] + sum over "
                       "layers of the normal-memory min(1 - cos) on raw tokens",
-                      "bilinear (align_corners=True) + Gaussian sigma 4 px", "binary only",
+                      "bilinear (align_corners=True) + Gaussian sigma 4 px (scipy.ndimage.gaussian_filter's, "
+                      "mirrored edges)", "binary only",
                       "Chen et al., April-GAN, arXiv 2305.17382; ByChelsea/VAND-APRIL-GAN",
-                      notes=["linear layers trained on the k-shot masks (official: on an auxiliary dataset, "
+                      notes=[("equal to the official test.py on the same random ViT-B-16 weights, linear layers "
+                             "and inputs: tapped tokens, projected tokens, zero- and few-shot maps, class-token "
+                             "P(abnormal), image score (fp32 max abs diff <= 2e-5; "
+                             "benchmarks/results/april-gan-parity/)"),
+                             ("Gaussian sigma 4 on the summed map (official test.py: no smoothing); edges as "
+                             "scipy.ndimage.gaussian_filter, which is what the CLIP anomaly-map code calls"),
+                             "linear layers trained on the k-shot masks (official: on an auxiliary dataset, "
                              "MVTec <-> VisA, 200 epochs batch 16); epochs here: " + str(EPOCHS) + ", batch 8",
                              "min-max of the map maxima from the validation images (official: over the test set)",
                              "Focal loss without the official label smoothing of 1e-5",
@@ -63,7 +70,7 @@ class AprilGAN(Method):
 
     def __init__(self, backbone, class_names, **options) -> None:
         super().__init__(backbone, class_names, **options)
-        self.blur = GaussianFilter(spatial_dims=2, sigma=4.0)
+        self.blur = gaussian_smooth  # sigma 4, scipy's edges (MONAI's GaussianFilter zero-pads them)
         self.text = state_text(backbone)
         self.dice = DiceLoss(smooth_nr=1.0, smooth_dr=1.0)  # per image, smoothing 1: April-GAN's binary Dice
 
@@ -113,13 +120,20 @@ class AprilGAN(Method):
         return {"epochs": EPOCHS, "final_loss": history[-1], "val_map_max_range": self.score_range}
 
     @torch.no_grad()
-    def _map(self, raw: VisualFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def branches(self, raw: VisualFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The zero-shot map, the few-shot (memory) map, both (B, 1, S, S) before smoothing, and P(abnormal | class
+        token) (B,): what benchmarks/april_gan_parity.py compares with the official code."""
         patches = raw.patch_tokens.float()
         zero = sum(self._up(logits).softmax(dim=1)[:, 1:] for logits in self._zero_shot_logits(patches))
         tokens = F.normalize(patches, dim=-1)
         few = sum(self._up(to_grid(1.0 - (tokens[:, i] @ F.normalize(self.memory[i], dim=-1).T).amax(-1),
                                    self.grid).unsqueeze(1)) for i in range(patches.shape[1]))
         cls_score = (LOGIT_SCALE * F.normalize(raw.cls_token.float(), dim=-1) @ self.text.T).softmax(dim=-1)[:, 1]
+        return zero, few, cls_score
+
+    @torch.no_grad()
+    def _map(self, raw: VisualFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        zero, few, cls_score = self.branches(raw)
         return self.blur(zero + few), cls_score
 
     @torch.no_grad()

@@ -81,6 +81,25 @@ def two_class_logits(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return LOGIT_SCALE * torch.einsum("bnd,bkd->bkn", tokens, text)
 
 
+def gaussian_smooth(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0) -> torch.Tensor:
+    """``scipy.ndimage.gaussian_filter(m, sigma)`` of each (H, W) map of ``maps`` (B, C, H, W): the sampled,
+    normalised kernel of radius int(truncate * sigma + 0.5) and scipy's default edge mode ``reflect`` (mirrored about
+    the edge, the edge pixel repeated). The CLIP anomaly-map code (AnomalyCLIP, AdaCLIP, ...) smooths with that call;
+    MONAI's GaussianFilter pads with zeros instead, which pulls the values within ~2 sigma of the border toward 0."""
+    radius = int(truncate * sigma + 0.5)
+    b, c, h, w = maps.shape
+    if radius >= min(h, w):
+        raise ValueError(f"gaussian_smooth: sigma {sigma} needs maps larger than {radius} px, got {h} x {w}")
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps)
+    x = maps.reshape(b * c, 1, h, w)
+    for dim, shape in ((2, (1, 1, -1, 1)), (3, (1, 1, 1, -1))):
+        head, tail = x.narrow(dim, 0, radius).flip(dim), x.narrow(dim, x.shape[dim] - radius, radius).flip(dim)
+        x = F.conv2d(torch.cat([head, x, tail], dim=dim), kernel.view(shape))
+    return x.reshape(b, c, h, w)
+
+
 def to_grid(values: torch.Tensor, grid: int) -> torch.Tensor:
     """(B, [K,] N) patch values -> (B, [K,] g, g)."""
     return values.reshape(*values.shape[:-1], grid, grid)
@@ -138,7 +157,7 @@ def train_minibatches(
     generator = torch.Generator().manual_seed(seed)
     params = list(params)
     schedule = None
-    if sgd_paper:  # CoOp / CoCoOp (Dassl): SGD momentum 0.9, cosine over the epochs, first epoch at constant 1e-5
+    if sgd_paper:  # CoOp / CoCoOp (Dassl): SGD momentum 0.9, first epoch at constant 1e-5, then cosine over the epochs
         optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     elif adam_betas is not None:
@@ -159,10 +178,11 @@ def train_minibatches(
             total += float(loss.detach()) * len(idx)
         history.append(total / n)
         if schedule is not None:
-            if epoch == 0:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            schedule.step()
+            if epoch == 0:  # Dassl's ConstantWarmupScheduler: epoch 1 runs at the cosine's start, the base lr,
+                for group in optimizer.param_groups:  # so epoch e >= 1 runs at cosine(e - 1) (its successor steps
+                    group["lr"] = lr  # from the second epoch's end on; measured: benchmarks/coop_parity.py)
+            else:
+                schedule.step()
     return history
 
 

@@ -2,7 +2,8 @@
 
 WinCLIP's pieces against numbers worked out by hand (and anomalib's documented example), April-GAN's raw taps and
 loss, Tip-Adapter-F's schedule, CoOp's optimiser; parity of WinCLIP with anomalib itself is
-``benchmarks/winclip_parity.py`` (figures in benchmarks/results/winclip-parity/).
+``benchmarks/winclip_parity.py`` (figures in benchmarks/results/winclip-parity/), of April-GAN and CoOp / CoCoOp
+with their official code ``benchmarks/april_gan_parity.py`` and ``benchmarks/coop_parity.py``.
 """
 
 from __future__ import annotations
@@ -130,7 +131,9 @@ def test_focal_loss_by_hand():
 
 
 def test_coop_schedule_warm_up_then_cosine():
-    """Dassl's schedule as CoOp / CoCoOp use it: epoch 0 at 1e-5, then cosine from the base lr to 0."""
+    """Dassl's schedule as CoOp / CoCoOp use it (its ConstantWarmupScheduler, WARMUP_RECOUNT True, measured in
+    benchmarks/coop_parity.py): epoch 0 at 1e-5, epoch e >= 1 at the cosine's value for e - 1, so epoch 1 at the
+    base lr and the last epoch not at 0."""
     seen = []
     param = torch.nn.Parameter(torch.zeros(1))
 
@@ -149,7 +152,8 @@ def test_coop_schedule_warm_up_then_cosine():
                           sgd_paper=True)
     finally:
         torch.optim.SGD.step = original
-    expected = [1e-5] + [2e-3 * (1 + math.cos(math.pi * e / 5)) / 2 for e in range(1, 5)]
+    expected = [1e-5] + [2e-3 * (1 + math.cos(math.pi * (e - 1) / 5)) / 2 for e in range(1, 5)]
+    assert expected[1:3] == pytest.approx([2e-3, 0.0018090169943749475])  # Dassl's lrs for MAX_EPOCH 5, by hand
     assert seen == pytest.approx(expected)
 
 
@@ -183,3 +187,23 @@ def test_paper_numbers_sit_beside_ours_on_busi():
     other = paper_markdown({**run, "targets": {"bus_bra": ""}, "random_weights": True},
                            {"bus_bra": summary["busi"]})
     assert other[2].startswith("> Ours are on `bus_bra`, not BUSI, with random weights")
+
+
+def test_gaussian_smooth_keeps_a_constant_map_and_equals_scipy():
+    """April-GAN's sigma-4 smoothing is scipy.ndimage.gaussian_filter's (mirrored edges): a constant map stays
+    constant up to its border (a zero-padded filter, MONAI's GaussianFilter, halves the corners), and an impulse
+    spreads as the sampled kernel exp(-x^2 / 32), normalised over its 33 taps, in each direction."""
+    from scipy.ndimage import gaussian_filter
+
+    from benchmarks.methods.common import gaussian_smooth
+
+    flat = gaussian_smooth(torch.full((1, 1, 40, 40), 0.7, dtype=torch.float64))
+    assert torch.allclose(flat, torch.full_like(flat, 0.7), atol=1e-12)
+    impulse = torch.zeros(1, 1, 41, 41, dtype=torch.float64)
+    impulse[0, 0, 20, 20] = 1.0
+    k = torch.exp(-torch.arange(-16, 17, dtype=torch.float64) ** 2 / 32)
+    k = k / k.sum()
+    assert torch.allclose(gaussian_smooth(impulse)[0, 0, 4:37, 4:37], torch.outer(k, k), atol=1e-15)
+    x = torch.rand(2, 1, 37, 45, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = torch.from_numpy(gaussian_filter(x[1, 0].numpy(), sigma=4))
+    assert torch.allclose(gaussian_smooth(x)[1, 0], expected, atol=1e-12)
