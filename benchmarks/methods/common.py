@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from monai.losses import DiceLoss, FocalLoss
-from monai.networks.layers import GaussianFilter
 from torch import nn
 from torch.nn import functional as F
 
@@ -108,19 +107,18 @@ def to_grid(values: torch.Tensor, grid: int) -> torch.Tensor:
 class MapMaker:
     """Patch probabilities (B, N) -> (B, 1, S, S) maps: bilinear upsampling, then optional Gaussian smoothing.
 
-    WinCLIP, April-GAN and AnomalyCLIP smooth their maps with a Gaussian of sigma 4 pixels; the sigma is recorded
-    in each method's card.
+    The smoothing is :func:`gaussian_smooth` (scipy's ``gaussian_filter``, mirrored edges, as the reference CLIP
+    anomaly-map code smooths); the sigma is recorded in each method's card.
     """
 
     def __init__(self, backbone: ClipBackbone, sigma: float = 0.0) -> None:
         self.grid, self.size, self.sigma = backbone.grid_size, backbone.image_size, float(sigma)
-        self.blur = GaussianFilter(spatial_dims=2, sigma=self.sigma) if self.sigma > 0 else None
 
     def __call__(self, patch_prob: torch.Tensor) -> torch.Tensor:
         x = to_grid(patch_prob.float(), self.grid).unsqueeze(1)
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        if self.blur is not None:
-            x = self.blur(x)
+        if self.sigma > 0:
+            x = gaussian_smooth(x, self.sigma)
         return x.clamp(0.0, 1.0)
 
 
