@@ -83,11 +83,12 @@ def write_overlay(
     numbers = None if frame_numbers is None else [int(f) for f in frame_numbers]
     n_source = number_of_frames(source)
     _check_frame_numbers(numbers or [], n_source)  # before any frame is rendered
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    folder = Path(output_dir).resolve()  # where output_path puts the object ("a/b/.." is "a": no "b" is made)
+    folder.mkdir(parents=True, exist_ok=True)
     # The frames' pixels are spooled into an anonymous file in the output (staging) folder as they come, and pydicom
     # copies them from there into the object in chunks: memory holds one frame, whatever the loop length. The file
     # has no name (TemporaryFile), so a kill leaves nothing behind.
-    with tempfile.TemporaryFile(dir=output_dir) as pixels:
+    with tempfile.TemporaryFile(dir=folder) as pixels:
         first, n = _spool_frames(overlay_rgb_frames, pixels)
         numbers = numbers if numbers is not None else list(range(1, n + 1))
         if len(numbers) != n:
