@@ -324,7 +324,18 @@ def write_dataset(dataset: Dataset, path: Path) -> Path:
     pydicom writes straight into the temporary file: the encoded object is never held in memory beside the dataset
     (and Pixel Data given as a file object, as the overlay's, is copied from that file in chunks).
     """
-    return atomic_write_stream(path, lambda fh: dataset.save_as(fh, enforce_file_format=True))
+    def save(fh) -> None:
+        try:
+            dataset.save_as(fh, enforce_file_format=True)
+        except OSError as exc:
+            # pydicom re-raises a write error as a new OSError naming the tag, without errno or strerror; the
+            # original (e.g. "No space left on device") is what callers report.
+            original = exc.__cause__ or exc.__context__
+            if isinstance(original, OSError) and original.errno is not None:
+                raise original from None
+            raise
+
+    return atomic_write_stream(path, save)
 
 
 def stamp_creation_time(dataset: Dataset, when: _dt.datetime) -> None:
