@@ -38,7 +38,7 @@ from monai_ultraad.dicom.reader import open_ultrasound
 from monai_ultraad.dicom.writers import AlgorithmInfo, UIDFactory, write_overlay, write_report, write_segmentations
 from monai_ultraad.inference import Predictor, analysis_windows
 from monai_ultraad.networks import ClipBackbone, UltraAD
-from monai_ultraad.visualize import overlay_frames
+from monai_ultraad.visualize import iter_overlay_frames
 
 CASES = {"single frame (US1_UNCR, 480x640 RGB)": "pydicom-data/US1_UNCR.dcm",
          "65-frame cine (DIRW0007, 456x576 JPEG)": "fo-dicom/DIRW0007.dcm"}
@@ -104,7 +104,7 @@ def run_case(model, path: Path, out: Path, args) -> dict[str, float]:
     t = time.perf_counter()
     _, binary = write_segmentations(source, preds, 0.5, out, algorithm, uids)
     write_report(source, pydicom.dcmread(binary), preds, 0.5, out, algorithm, uids)
-    overlays = overlay_frames(image.iter_frames(), [p.heatmap for p in preds], 0.5)
+    overlays = iter_overlay_frames(image.iter_frames(), [p.heatmap for p in preds], 0.5)  # as the app: streamed
     write_overlay(source, overlays, out, algorithm, uids, frame_numbers=[p.frame_number for p in preds])
     times["write SEG+SR+SC"] = time.perf_counter() - t
     times["total"] = sum(times.values())

@@ -12,10 +12,11 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "to_jsonable"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_stream", "atomic_write_text", "to_jsonable"]
 
 
 def _default_file_mode() -> int:
@@ -61,6 +62,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"atomic_write_bytes expects bytes, got {type(data).__name__} for {path}")
+    return atomic_write_stream(path, lambda fh: fh.write(data))
+
+
+def atomic_write_stream(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Atomically write whatever ``write(fh)`` writes into the open binary file ``fh``.
+
+    For content produced piece by piece (a DICOM object with buffered Pixel Data): it goes to disk as it is made,
+    never held whole in memory. Same guarantees as :func:`atomic_write_bytes`.
+    """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     mode = dest.stat().st_mode & 0o7777 if dest.exists() else _default_file_mode()
@@ -69,7 +79,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from monai_ultraad.io_utils import atomic_write_bytes
 
 __all__ = [
     "SHORT_RANDOM_WEIGHTS_WARNING",
+    "iter_overlay_frames",
     "overlay_frames",
     "overlay_heatmap",
     "plot_prediction_rocs",
@@ -145,12 +146,19 @@ def overlay_heatmap(
     return out
 
 
+def iter_overlay_frames(frames: Iterable[np.ndarray], heatmaps: Sequence[Any], threshold: float) -> Iterator[np.ndarray]:
+    """:func:`overlay_heatmap` of each frame with its heatmap and a contour at ``threshold``, one at a time as
+    ``frames`` yields them (e.g. a streamed cine loop, into :func:`monai_ultraad.dicom.writers.write_overlay`): a
+    loop is never held whole."""
+    for frame, heatmap in zip(frames, heatmaps, strict=True):
+        yield overlay_heatmap(frame, heatmap, threshold=threshold)
+
+
 def overlay_frames(frames: Iterable[np.ndarray], heatmaps: Sequence[Any], threshold: float) -> np.ndarray:
     """(F, rows, cols, 3) uint8: :func:`overlay_heatmap` of each frame (taken from ``frames`` one at a time, e.g. a
     streamed cine loop) with its heatmap and a contour at ``threshold``; filled in place, no list of copies."""
     out: np.ndarray | None = None
-    for i, (frame, heatmap) in enumerate(zip(frames, heatmaps, strict=True)):
-        blended = overlay_heatmap(frame, heatmap, threshold=threshold)
+    for i, blended in enumerate(iter_overlay_frames(frames, heatmaps, threshold)):
         if out is None:
             out = np.empty((len(heatmaps), *blended.shape), np.uint8)
         out[i] = blended

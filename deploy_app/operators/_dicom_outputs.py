@@ -31,8 +31,9 @@ def frame_predictions(result) -> list[Prediction]:
 
 
 def source_dataset(result) -> pydicom.Dataset:
-    """The full source object (pixel data read lazily by pydicom) for referencing in the new objects."""
-    return pydicom.dcmread(result.image.path, defer_size="1 MB")
+    """The full source object for referencing in the new objects; its Pixel Data (and any other value over 64 kB) is
+    read by pydicom only if asked for, which the writers never do, so no step holds the source's pixels."""
+    return pydicom.dcmread(result.image.path, defer_size="64 KB")
 
 
 def pixel_spacing_mm(result) -> tuple[float, float] | None:

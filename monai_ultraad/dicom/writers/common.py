@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import io
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ from monai_ultraad import __version__ as _PACKAGE_VERSION
 from monai_ultraad.constants import CLASS_NAMES
 from monai_ultraad.dicom.source_header import conformant_header, iod_sop_class, is_multiframe_sop_class
 from monai_ultraad.errors import InputDataError
-from monai_ultraad.io_utils import atomic_write_bytes
+from monai_ultraad.io_utils import atomic_write_stream
 
 logger = logging.getLogger(__name__)
 
@@ -320,10 +319,23 @@ def output_path(output_dir: str | os.PathLike[str], prefix: str, uid: str) -> Pa
 
 
 def write_dataset(dataset: Dataset, path: Path) -> Path:
-    """Serialise ``dataset`` as a DICOM Part 10 file and write it atomically."""
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return atomic_write_bytes(path, buffer.getbuffer())  # a view, not a second copy of the encoded object
+    """Serialise ``dataset`` as a DICOM Part 10 file and write it atomically.
+
+    pydicom writes straight into the temporary file: the encoded object is never held in memory beside the dataset
+    (and Pixel Data given as a file object, as the overlay's, is copied from that file in chunks).
+    """
+    def save(fh) -> None:
+        try:
+            dataset.save_as(fh, enforce_file_format=True)
+        except OSError as exc:
+            # pydicom re-raises a write error as a new OSError naming the tag, without errno or strerror; the
+            # original (e.g. "No space left on device") is what callers report.
+            original = exc.__cause__ or exc.__context__
+            if isinstance(original, OSError) and original.errno is not None:
+                raise original from None
+            raise
+
+    return atomic_write_stream(path, save)
 
 
 def stamp_creation_time(dataset: Dataset, when: _dt.datetime) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import highdicom as hd
 import numpy as np
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 def write_overlay(
     source: Dataset,
-    overlay_rgb_frames: np.ndarray,
+    overlay_rgb_frames: np.ndarray | Iterable[np.ndarray],
     output_dir: str | os.PathLike[str],
     algorithm: AlgorithmInfo,
     uids: UIDFactory,
@@ -65,7 +67,9 @@ def write_overlay(
 
     Args:
         source: the source image.
-        overlay_rgb_frames: (F, rows, cols, 3) uint8 RGB frames (a (rows, cols, 3) array is taken as one frame).
+        overlay_rgb_frames: (rows, cols, 3) uint8 RGB frames: an iterable (e.g.
+            :func:`monai_ultraad.visualize.iter_overlay_frames`, rendered one at a time while they are written) or an
+            (F, rows, cols, 3) array (a (rows, cols, 3) array is taken as one frame).
         output_dir: folder to write into.
         algorithm: identity of the algorithm.
         uids: UID (and time) source.
@@ -76,21 +80,65 @@ def write_overlay(
         Path of ``overlay_<SOPInstanceUID>.dcm`` inside ``output_dir``.
     """
     check_source(source)
-    frames = np.asarray(overlay_rgb_frames)
-    if frames.ndim == 3:
-        frames = frames[np.newaxis]
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-        raise InputDataError(f"overlay frames must be (F, rows, cols, 3), got {frames.shape}")
-    if frames.dtype != np.uint8:
-        raise InputDataError(f"overlay frames must be uint8, got {frames.dtype}")
-    n = frames.shape[0]
-    numbers = [int(f) for f in (frame_numbers if frame_numbers is not None else range(1, n + 1))]
-    if len(numbers) != n:
-        raise InputDataError(f"{len(numbers)} frame numbers for {n} overlay frames")
+    numbers = None if frame_numbers is None else [int(f) for f in frame_numbers]
     n_source = number_of_frames(source)
+    _check_frame_numbers(numbers or [], n_source)  # before any frame is rendered
+    folder = Path(output_dir).resolve()  # where output_path puts the object ("a/b/.." is "a": no "b" is made)
+    folder.mkdir(parents=True, exist_ok=True)
+    # The frames' pixels are spooled into an anonymous file in the output (staging) folder as they come, and pydicom
+    # copies them from there into the object in chunks: memory holds one frame, whatever the loop length. The file
+    # has no name (TemporaryFile), so a kill leaves nothing behind.
+    with tempfile.TemporaryFile(dir=folder) as pixels:
+        first, n = _spool_frames(overlay_rgb_frames, pixels)
+        numbers = numbers if numbers is not None else list(range(1, n + 1))
+        if len(numbers) != n:
+            raise InputDataError(f"{len(numbers)} frame numbers for {n} overlay frames")
+        _check_frame_numbers(numbers, n_source)
+        sc = _overlay_dataset(source, first, numbers, algorithm, uids, series_number)
+        if n > 1:
+            if pixels.tell() % 2:
+                pixels.write(b"\x00")  # Pixel Data has an even length (PS3.5 8.1.1), padded as pydicom pads bytes
+            pixels.seek(0)
+            sc.PixelData = pixels  # buffered: written by pydicom without being loaded
+        path = output_path(output_dir, "overlay", sc.SOPInstanceUID)
+        write_dataset(sc, path)
+    logger.info("wrote %d-frame overlay to %s", n, path)
+    return path
+
+
+def _check_frame_numbers(numbers: list[int], n_source: int) -> None:
     if any(not 1 <= f <= n_source for f in numbers):
         raise InputDataError(f"overlay frame numbers {numbers} are outside the source's frames 1..{n_source}")
 
+
+def _spool_frames(frames: np.ndarray | Iterable[np.ndarray], pixels: BinaryIO) -> tuple[np.ndarray, int]:
+    """Append the pixels of each (rows, cols, 3) uint8 frame to ``pixels``: (the first frame, the frame count)."""
+    if isinstance(frames, np.ndarray):
+        if frames.ndim == 3:
+            frames = frames[np.newaxis]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+            raise InputDataError(f"overlay frames must be (F, rows, cols, 3), got {frames.shape}")
+    first, n = None, 0
+    for frame in frames:
+        frame = np.ascontiguousarray(frame)
+        if frame.ndim != 3 or frame.shape[-1] != 3 or (first is not None and frame.shape != first.shape):
+            expected = "(rows, cols, 3)" if first is None else str(first.shape)
+            raise InputDataError(f"overlay frame {n + 1} must be {expected}, got {frame.shape}")
+        if frame.dtype != np.uint8:
+            raise InputDataError(f"overlay frames must be uint8, got {frame.dtype}")
+        if first is None:
+            first = frame.copy()  # the frame highdicom builds the object from; the caller may reuse its buffer
+        pixels.write(frame.data)
+        n += 1
+    if first is None:
+        raise InputDataError("no overlay frames")
+    return first, n
+
+
+def _overlay_dataset(source: Dataset, first: np.ndarray, numbers: list[int], algorithm: AlgorithmInfo,
+                     uids: UIDFactory, series_number: int) -> hd.sc.SCImage:
+    """The overlay object with the first frame's pixels; a multi-frame one gets its Pixel Data from the caller."""
+    n = len(numbers)
     when = uids.now()
     comment = NOT_FOR_DIAGNOSIS_NOTE
     if algorithm.random_weights:
@@ -101,7 +149,7 @@ def write_overlay(
         else (f"UltraAD {NOT_FOR_DIAGNOSIS_NOTE[0].lower()}{NOT_FOR_DIAGNOSIS_NOTE[1:]}")
     )
     sc = hd.sc.SCImage(
-        pixel_array=np.ascontiguousarray(frames[0]),
+        pixel_array=first,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
@@ -148,8 +196,4 @@ def write_overlay(
         sc.NumberOfFrames = n
         sc.FrameIncrementPointer = Tag("FrameLabelVector")
         sc.FrameLabelVector = [f"frame {f}"[:16] for f in numbers]  # SH: 16 characters
-        sc.PixelData = np.ascontiguousarray(frames).tobytes()
-    path = output_path(output_dir, "overlay", sc.SOPInstanceUID)
-    write_dataset(sc, path)
-    logger.info("wrote %d-frame overlay to %s", n, path)
-    return path
+    return sc

@@ -8,9 +8,11 @@ highdicom 0.28 supports that for a *single* source frame only: for an Ultrasound
 ``ValueError: Only a single frame is supported when the source image has no Frame of Reference UID.`` (and with a
 one-frame multi-frame source it fails looking for the Shared Functional Groups Sequence that only enhanced
 multi-frame objects have). For multi-frame sources this module therefore subclasses
-:class:`highdicom.seg.Segmentation` and replaces exactly one step, the spatial preparation, so that every SEG frame
+:class:`highdicom.seg.Segmentation` and replaces its spatial preparation step so that every SEG frame
 references its own source frame (``ReferencedFrameNumber``); everything else (segment description, pixel encoding,
-functional groups, references) is still highdicom's. Because the frames then differ in nothing highdicom indexes, a
+functional groups, references) is still highdicom's. (It also answers highdicom's pixel range check of its FRACTIONAL
+array without the full sorted copy highdicom makes, which would double a cine's memory; same check, same outcome.)
+Because the frames then differ in nothing highdicom indexes, a
 second dimension, Frame Label (Frame Content Sequence), is added so that every frame has a unique Dimension Index
 Values pair (segment, source frame).
 
@@ -113,9 +115,24 @@ class _SourceFrameSegmentation(hd.seg.Segmentation):
         )
 
 
+    @classmethod
+    def _check_and_cast_pixel_array(cls, pixel_array, segment_numbers, segmentation_type, dtype):  # type: ignore[override]
+        # highdicom checks a floating-point array's range with np.unique, which sorts a copy of the whole loop (as
+        # much memory again as the FRACTIONAL heatmaps: 1.2 MB per 480x640 frame). For what this class builds (one
+        # segment, (F, rows, cols) float32) the same check is min/max without a copy, and the answer highdicom gives
+        # a single segment (no overlap, array unchanged); anything else is left to highdicom.
+        if (isinstance(pixel_array, np.ndarray) and pixel_array.ndim == 3 and pixel_array.dtype == np.float32
+                and segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL and len(segment_numbers) == 1):
+            if pixel_array.min() < 0.0 or pixel_array.max() > 1.0:
+                raise ValueError("Floating point pixel array values must be in the range [0, 1].")
+            return pixel_array, hd.seg.SegmentsOverlapValues.NO
+        return super()._check_and_cast_pixel_array(pixel_array, segment_numbers, segmentation_type, dtype)
+
+
 def _check_highdicom_hooks() -> None:
     """Fail clearly if highdicom no longer has the private steps _SourceFrameSegmentation relies on."""
-    needed = ("_prepare_spatial_metadata", "_get_derivation_source_image_item", "_init_multiframe_image")
+    needed = ("_prepare_spatial_metadata", "_get_derivation_source_image_item", "_init_multiframe_image",
+              "_check_and_cast_pixel_array")
     missing = [name for name in needed if not hasattr(hd.seg.Segmentation, name)]
     if missing:
         raise RuntimeError(
@@ -291,15 +308,13 @@ def write_segmentations(
         raise InputDataError(f"threshold must lie in [0, 1], got {threshold}")
     preds = checked_predictions(source, predictions)
     frame_numbers = [int(p.frame_number) for p in preds]
-    heat = np.stack([np.asarray(p.heatmap, dtype=np.float32) for p in preds])
-    np.clip(heat, 0.0, 1.0, out=heat)  # in place: a cine's heatmaps are the largest array here
-    mask = (heat >= float(threshold)).astype(np.uint8)
     when = uids.now()
     tracking_uid = uids.new("lesion-tracking", source.SOPInstanceUID)
     paths = []
-    for offset, (kind, array) in enumerate(
-        ((hd.seg.SegmentationTypeValues.FRACTIONAL, heat), (hd.seg.SegmentationTypeValues.BINARY, mask))
-    ):
+    # highdicom takes the whole loop as one array: each array is filled frame by frame (no list of per-frame copies
+    # beside it) and made only when its SEG is built, so the float32 heatmaps and the mask are never held together.
+    for offset, kind in enumerate((hd.seg.SegmentationTypeValues.FRACTIONAL, hd.seg.SegmentationTypeValues.BINARY)):
+        array = _heatmap_stack(preds) if offset == 0 else _mask_stack(preds, threshold)
         seg = _build_segmentation(
             source,
             frame_numbers,
@@ -311,9 +326,29 @@ def write_segmentations(
             when,
             tracking_uid,
         )
+        del array
         path = output_path(output_dir, f"seg_{kind.value.lower()}", seg.SOPInstanceUID)
         paths.append(write_dataset(seg, path))
         logger.info("wrote %s SEG with %d frame(s) to %s", kind.value, int(seg.NumberOfFrames), path)
+        del seg  # its encoded frames, before the next SEG is built
     return paths[0], paths[1]
+
+
+def _heatmap_stack(predictions: Sequence[PredictionLike]) -> np.ndarray:
+    """(F, rows, cols) float32 heatmaps clipped to [0, 1] (what the FRACTIONAL SEG encodes)."""
+    first = np.asarray(predictions[0].heatmap)
+    heat = np.empty((len(predictions), *first.shape), np.float32)
+    for i, p in enumerate(predictions):
+        heat[i] = p.heatmap
+    return np.clip(heat, 0.0, 1.0, out=heat)
+
+
+def _mask_stack(predictions: Sequence[PredictionLike], threshold: float) -> np.ndarray:
+    """(F, rows, cols) uint8 ``heatmap >= threshold``, compared in float32 after clipping (as the SR counts it)."""
+    first = np.asarray(predictions[0].heatmap)
+    mask = np.empty((len(predictions), *first.shape), np.uint8)
+    for i, p in enumerate(predictions):
+        mask[i] = np.clip(np.asarray(p.heatmap, dtype=np.float32), 0.0, 1.0) >= float(threshold)
+    return mask
 
 
