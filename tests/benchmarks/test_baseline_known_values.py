@@ -43,6 +43,14 @@ def test_tip_adapter_cache_logits():
     torch.testing.assert_close(logits, torch.tensor([[0.0, 0.0, LOGIT_SCALE]]))
 
 
+
+def test_tip_adapter_search_grid_is_the_official_one():
+    """gaopengcuhk/Tip-Adapter ``search_hp`` with search_scale [7, 3], search_step [200, 20]:
+    ``i * (scale - 0.1) / step + 0.1`` for i < step, i.e. beta 0.1, 0.1345, ..., 6.9655 and alpha 0.1, ..., 2.855."""
+    assert (len(TipAdapter.BETAS), len(TipAdapter.ALPHAS)) == (200, 20)
+    assert TipAdapter.BETAS[:2] == pytest.approx((0.1, 0.1345)) and TipAdapter.BETAS[-1] == pytest.approx(6.9655)
+    assert TipAdapter.ALPHAS[:2] == pytest.approx((0.1, 0.245)) and TipAdapter.ALPHAS[-1] == pytest.approx(2.855)
+
 def test_lp_plus_plus_blends_class_text_per_class():
     """``f W^T + b + alpha * f T^T`` (no logit scale, as LP++): W = T = I, b = (0, 1, 0), alpha = (1, 0, 2)."""
     lp = _method(LPPlusPlus)
