@@ -218,6 +218,9 @@ class TipAdapterF(TipAdapter):
                       "Zhang et al., Tip-Adapter, ECCV 2022",
                       notes=["best epoch by validation accuracy (official: test accuracy)",
                              "no augmented cache (official: 10 random-crop views per shot averaged into the keys)",
+                             ("trained on the shots' fixed features (official: freshly augmented crops and flips "
+                              "re-encoded every epoch)"),
+                             "float32 (official: float16 on the GPU)",
                              *TipAdapter.card.notes])
 
 
