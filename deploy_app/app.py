@@ -87,7 +87,7 @@ class UltraADApp(Application):
             selector,
             RegionCropOperator(self, name="region_crop"),
             UltraADInferenceOperator(self, model_path=model_path, allow_random_init=opts.allow_random_init,
-                                     refuse_flagged=opts.refuse_flagged, name="ultraad_inference"),
+                                     refuse_flagged=opts.refuse_flagged, output=output, name="ultraad_inference"),
             SegWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="seg_writer"),
             SRWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="sr_writer"),
             OverlayWriterOperator(self, output=output, uid_seed=opts.deterministic_uids, name="overlay_writer"),

@@ -46,4 +46,6 @@ class SourceWork:
 
     def release(self) -> None:
         """Drop the pixel data and heatmaps once the source is done (memory stays bounded by one source)."""
+        if self.result is not None and hasattr(self.result, "close"):
+            self.result.close()  # the heatmap spool's unnamed file
         self.image = self.windows = self.result = None  # (records are small: kept for the run report)

@@ -27,7 +27,8 @@ class SRWriterOperator(SourceWriterOperator):
     def write(self, work: SourceWork) -> None:
         result = work.result
         path = write_report(
-            source_dataset(result), pydicom.dcmread(work.objects["seg_binary"]), frame_predictions(result),
+            source_dataset(result), pydicom.dcmread(work.objects["seg_binary"], defer_size="64 KB"),  # not its pixels
+            frame_predictions(result),
             result.model.threshold, work.staging, algorithm_info(result.model), uid_factory(self.uid_seed, result),
             pixel_spacing_mm=pixel_spacing_mm(result),  # the analysed region's spacing -> lesion area
             input_quality=result.quality.summary() if result.quality is not None else None,  # the input gate

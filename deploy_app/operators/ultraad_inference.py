@@ -1,7 +1,8 @@
 """Step 4: UltraAD (the library's :class:`~monai_ultraad.inference.Predictor`) on every analysed window of every
-frame, streamed: frames are decoded and scored a batch at a time and each frame keeps only its float16 heatmap
-(:func:`~monai_ultraad.inference.compact_heatmap`) and its prediction record, so memory does not hold the loop's
-decoded frames or float32 heatmaps."""
+frame, streamed: frames are decoded and scored a batch at a time; each frame's float16 heatmap
+(:func:`~monai_ultraad.inference.compact_heatmap`) goes to a :class:`~monai_ultraad.heatmap_spool.HeatmapSpool` (an
+unnamed file in the source's staging folder) and only its prediction record stays in memory, so memory holds neither
+the loop's decoded frames nor its heatmaps."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from monai_ultraad import engine
 from monai_ultraad.constants import RANDOM_WEIGHTS_WARNING
 from monai_ultraad.dicom.reader import UnsupportedDicomError
 from monai_ultraad.errors import WeightsError
+from monai_ultraad.heatmap_spool import HeatmapSpool
 from monai_ultraad.inference import Prediction, Predictor, model_provenance
 from monai_ultraad.networks.backbone import sha256_file
 from monai_ultraad.quality import InputQuality, assess_frames, gate_positions, refusal_reason
 
+from .output_folder import OutputFolder
 from .source_work import SourceWork
 
 logger = logging.getLogger("ultraad.deploy")
@@ -43,9 +46,14 @@ class ModelInfo:
 @dataclass
 class ImageResult:
     image: object  # monai_ultraad.dicom.reader.UltrasoundImage, opened for streaming (frames decoded on demand)
-    predictions: list[Prediction]  # one per analysed frame, float16 heatmaps
+    predictions: list[Prediction]  # one per analysed frame; float16 heatmaps held in ``heatmaps`` (read on use)
     model: ModelInfo
     quality: InputQuality | None = None  # the input gate's flags (stated in the SR and the run report)
+    heatmaps: HeatmapSpool | None = None  # where the predictions' heatmaps are; closed when the source is released
+
+    def close(self) -> None:
+        if self.heatmaps is not None:
+            self.heatmaps.close()
 
 
 def resolve_model_files(model_path: Path) -> tuple[Path, Path | None]:
@@ -77,12 +85,15 @@ class UltraADInferenceOperator(Operator):
         model_path: ``-m`` / HOLOSCAN_MODEL_PATH (checkpoint file or folder).
         allow_random_init: accept a checkpoint trained on a random backbone (outputs are then stamped).
         refuse_flagged: do not analyse an image the input gate flags; report it as refused with the reason.
+        output: the run's output folder: the heatmaps are spooled in the source's staging folder there (default: the
+            system's temporary folder).
         device: torch device (default: CUDA when available).
     """
 
     def __init__(self, fragment: Fragment, *args, model_path: Path, allow_random_init: bool = False,
-                 device: str | None = None, batch_size: int = 8, refuse_flagged: bool = False, **kwargs) -> None:
-        self.model_path, self.refuse_flagged = Path(model_path), refuse_flagged
+                 device: str | None = None, batch_size: int = 8, refuse_flagged: bool = False,
+                 output: OutputFolder | None = None, **kwargs) -> None:
+        self.model_path, self.refuse_flagged, self.output = Path(model_path), refuse_flagged, output
         self.load_error: str | None = None
         self.allow_random_init, self.batch_size = allow_random_init, batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -146,10 +157,13 @@ class UltraADInferenceOperator(Operator):
         if self.refuse_flagged and quality.flagged:
             work.refuse(refusal_reason(quality, work.name))
             return
-        predictions, records = [], []
+        if self.output is not None and work.staging is None:
+            work.staging = self.output.stage()
+        spool = HeatmapSpool(work.staging)
+        work.result = ImageResult(image, [], self.info, quality, heatmaps=spool)  # released (spool closed) in any case
+        predictions, records = work.result.predictions, []
         for prediction in self.predictor.predict_frames(image.iter_frames(), image.frame_numbers, work.name,
                                                         work.windows, work.quality):
             records.append(prediction.record())  # from the float32 heatmap
-            predictions.append(prediction.compact())
+            predictions.append(spool.spool(prediction.compact()))
         work.records = records
-        work.result = ImageResult(image, predictions, self.info, quality)

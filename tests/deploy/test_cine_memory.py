@@ -2,12 +2,15 @@
 
 The app's operators (selector, region crop, UltraAD, SEG, SR, overlay, publisher) are driven in this process, one
 source at a time as the app chains them, under tracemalloc, on synthetic cines of N and 4N frames; each step's peak is
-compared. What may grow with the loop is budgeted per frame: the float16 heatmap every frame keeps (2 bytes a pixel),
-in the SEG step highdicom's float32 input array and its encoded FRACTIONAL frames (held twice: 6 more), and the
-per-frame metadata of the objects themselves. Holding the loop's overlay frames (3 bytes a pixel, and as many again for
-their bytes and their encoding), or its decoded frames, breaks it. The SR step runs but is not traced: tracemalloc
-makes highdicom's SR construction several times slower, and what it adds per frame is the report's own content (one
-measurement group, about 0.3 MB as highdicom/pydicom objects for 13 kB encoded; measured once with tracemalloc).
+compared. No step may grow by anything proportional to the frame size: the heatmaps are spooled to disk
+(monai_ultraad.heatmap_spool), highdicom builds the SEGs a chunk of frames at a time
+(monai_ultraad.dicom.writers.seg.SEG_CHUNK_FRAMES; N is a whole chunk, so the comparison sees per-frame growth only)
+and the overlay frames are spooled as they are rendered. What may grow is the objects' own per-frame metadata (a SEG
+frame's functional group, a prediction record), budgeted per frame. Holding the loop's heatmaps (2 bytes a pixel), the
+SEG's float32 input or encoded frames, the overlay frames or the decoded frames breaks it. The SR step runs but is not
+traced: tracemalloc makes highdicom's SR construction several times slower, and what it adds per frame is the
+report's own content (one measurement group, about 0.3 MB as highdicom/pydicom objects for 13 kB encoded; measured
+once with tracemalloc).
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ REPO = Path(__file__).resolve().parents[2]
 # Frames large enough that even a 2-frame source's Pixel Data exceeds the 64 kB from which the writers' pydicom reads
 # of the source defer it (operators._dicom_outputs.source_dataset).
 ROWS, COLS = 96, 128
-# Bounded by design, but up to a count that the short loops here do not reach: the frames scored together (batch) and
-# those the input gate checks. Set to the shortest loop's length so that the comparison sees per-frame growth only.
+# Bounded by design, but up to a count that short loops do not reach: the frames scored together (batch), those the
+# input gate checks and the SEG frames highdicom builds at a time (a chunk). The shortest loop is one full chunk, and
+# batch and gate fit in it, so that the comparison sees per-frame growth only.
 BATCH = GATE_FRAMES = 2
-# Per-frame growth allowed in each step (see the module docstring): (bytes per frame pixel, bytes per frame).
+SHORT_LOOP = 16  # = SEG_CHUNK_FRAMES (checked below)
+# Per-frame growth allowed in each step (see the module docstring): (bytes per frame pixel, bytes per frame). A frame
+# here is 12288 pixels: its float16 heatmap alone is 24.6 kB, so any per-pixel growth exceeds the budget.
 BUDGETS = {
-    "ultraad_inference": (2, 20_000),  # the float16 heatmap; + the frame's prediction record (run report)
-    "seg_writer": (8, 20_000),  # highdicom's float32 FRACTIONAL input and its encoded frames (twice)
+    "ultraad_inference": (0, 12_000),  # the frame's prediction record (run report); its heatmap is on disk
+    "seg_writer": (0, 20_000),  # the frame's functional groups in the two SEGs (and one viewer SEG at a time)
     "overlay_writer": (0, 10_000),  # nothing: frames are rendered, spooled to disk and dropped one at a time
 }
 
@@ -113,7 +119,10 @@ def _cine(folder: Path, n: int) -> Path:
 
 
 def test_cine_memory_does_not_grow_with_loop_length(source_chain, tmp_path):
-    n = BATCH
+    from monai_ultraad.dicom.writers.seg import SEG_CHUNK_FRAMES
+
+    assert SHORT_LOOP == SEG_CHUNK_FRAMES and BATCH <= SHORT_LOOP and GATE_FRAMES <= SHORT_LOOP
+    n = SHORT_LOOP
     sources = {k: _cine(tmp_path, k) for k in (2, n, 4 * n)}
     peaks: dict[int, dict[str, int]] = {}
     with warnings.catch_warnings():

@@ -32,9 +32,10 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import highdicom as hd
 import numpy as np
@@ -196,31 +197,34 @@ def segment_description(algorithm: AlgorithmInfo, tracking_uid: str) -> hd.seg.S
     )
 
 
-def _build_segmentation(
+#: SEG frames highdicom builds at a time for a cine (see :func:`_build_in_chunks`). A multiple of 16: a BINARY chunk's
+#: bit-packed pixels then fill whole bytes, an even number of them, whatever the frame size.
+SEG_CHUNK_FRAMES = 16
+#: A FRACTIONAL SEG's value for probability 1.
+MAX_FRACTIONAL_VALUE = 255
+
+
+def _segmentation_arguments(
     source: Dataset,
-    frame_numbers: list[int],
-    pixel_array: np.ndarray,
     segmentation_type: hd.seg.SegmentationTypeValues,
     algorithm: AlgorithmInfo,
     uids: UIDFactory,
     series_number: int,
     when: _dt.datetime,
     tracking_uid: str,
-) -> hd.seg.Segmentation:
+) -> dict[str, Any]:
+    """highdicom's Segmentation arguments of one of the two SEGs, except the pixels and source images."""
     kind = segmentation_type.value.lower()
     source_uid = source.SOPInstanceUID
-    series_uid = uids.new(f"seg-{kind}-series", source_uid)
-    sop_uid = uids.new(f"seg-{kind}-sop", source_uid)
     description = "UltraAD lesion probability" if kind == "fractional" else "UltraAD lesion mask"
     if algorithm.random_weights:
         description += " (RANDOM WEIGHTS)"
     arguments: dict[str, Any] = dict(
-        pixel_array=pixel_array,
         segmentation_type=segmentation_type,
         segment_descriptions=[segment_description(algorithm, tracking_uid)],
-        series_instance_uid=series_uid,
+        series_instance_uid=uids.new(f"seg-{kind}-series", source_uid),
         series_number=series_number,
-        sop_instance_uid=sop_uid,
+        sop_instance_uid=uids.new(f"seg-{kind}-sop", source_uid),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=truncate_lo(algorithm.display_name),
@@ -238,16 +242,109 @@ def _build_segmentation(
     )
     if segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL:
         arguments["fractional_type"] = hd.seg.SegmentationFractionalTypeValues.PROBABILITY
-        arguments["max_fractional_value"] = 255
+        arguments["max_fractional_value"] = MAX_FRACTIONAL_VALUE
+    return arguments
+
+
+def _source_frame_segmentation(source: Dataset, frame_numbers: list[int], pixel_array: np.ndarray,
+                               arguments: dict[str, Any]) -> hd.seg.Segmentation:
+    """highdicom's SEG of the given frames of a multi-frame source without a Frame of Reference."""
+    _check_highdicom_hooks()
+    header = header_for_highdicom(source)
+    header.NumberOfFrames = 1  # see _SourceFrameSegmentation: passes highdicom's single-frame check
+    with no_patient_data_in_warnings():
+        return _SourceFrameSegmentation(source_frame_numbers=frame_numbers, source_images=[header],
+                                        pixel_array=pixel_array, **arguments)
+
+
+def _fractional_frames_kept(preds: Sequence[PredictionLike]) -> list[int]:
+    """Positions of the frames highdicom keeps in a FRACTIONAL SEG with ``omit_empty_frames``: those whose encoded
+    values are not all zero (the same rounding as highdicom's), or every frame when all are (highdicom then keeps all)."""
+    kept = [
+        i for i, p in enumerate(preds)
+        if np.any(np.around(_clipped(p.heatmap) * float(MAX_FRACTIONAL_VALUE)).astype(np.uint8))
+    ]
+    return kept or list(range(len(preds)))
+
+
+def _build_in_chunks(
+    source: Dataset,
+    preds: Sequence[PredictionLike],
+    threshold: float,
+    arguments: dict[str, Any],
+    pixels: BinaryIO,
+    chunk_frames: int,
+) -> hd.seg.Segmentation:
+    """The SEG of a cine without a Frame of Reference, built by highdicom ``chunk_frames`` frames at a time.
+
+    highdicom 0.28 takes a SEG's frames as one array and keeps their encoded pixels in memory (for a 480x640 cine
+    1.5 MB a frame as float32 input and encoded frames). Here highdicom builds each chunk of frames as a SEG of its
+    own, with the same arguments; the first chunk's object is kept as the result, every chunk's per-frame functional
+    groups are appended to it and its encoded frames are appended to ``pixels`` (a file), which becomes the result's
+    buffered Pixel Data. Memory then holds one chunk of pixels, and per frame only its functional group. What
+    highdicom's ``omit_empty_frames`` drops from a FRACTIONAL SEG is chosen beforehand over the whole loop, as
+    highdicom chooses it, and each chunk is built from the kept frames only. The result is element for element the
+    object highdicom builds from the whole loop at once (tests/dicom/test_seg_chunks.py).
+    """
+    if chunk_frames % 16:
+        raise ValueError("chunk_frames must be a multiple of 16 (BINARY frames are bit-packed across frames)")
+    binary = arguments["segmentation_type"] == hd.seg.SegmentationTypeValues.BINARY
+    kept = list(range(len(preds))) if binary else _fractional_frames_kept(preds)
+    arguments = {**arguments, "omit_empty_frames": False}  # the empty frames are already left out
+    pixels_per_frame = int(source.Rows) * int(source.Columns)
+    base: hd.seg.Segmentation | None = None
+    groups: list[Dataset] = []
+    written = 0
+    for start in range(0, len(kept), chunk_frames):
+        chunk = [preds[i] for i in kept[start:start + chunk_frames]]
+        array = _mask_stack(chunk, threshold) if binary else _heatmap_stack(chunk)
+        seg = _source_frame_segmentation(source, [int(p.frame_number) for p in chunk], array, arguments)
+        del array
+        if int(seg.NumberOfFrames) != len(chunk):
+            raise RuntimeError(f"highdicom built {seg.NumberOfFrames} SEG frames of {len(chunk)}")
+        size = -(-len(chunk) * pixels_per_frame // 8) if binary else len(chunk) * pixels_per_frame
+        pixels.write(seg.PixelData[:size])  # without highdicom's pad byte of an odd length
+        written += size
+        groups.extend(seg.PerFrameFunctionalGroupsSequence)
+        if base is None:
+            base = seg
+        del seg
+    assert base is not None  # preds is not empty (checked_predictions)
+    base.PerFrameFunctionalGroupsSequence = groups
+    base.NumberOfFrames = len(kept)
+    if written % 2:
+        pixels.write(b"0")  # highdicom's pad byte of an odd-length Pixel Data
+    pixels.seek(0)
+    base.PixelData = pixels  # buffered: pydicom copies it into the file without loading it
+    return base
+
+
+def _build_segmentation(
+    source: Dataset,
+    preds: Sequence[PredictionLike],
+    threshold: float,
+    segmentation_type: hd.seg.SegmentationTypeValues,
+    algorithm: AlgorithmInfo,
+    uids: UIDFactory,
+    series_number: int,
+    when: _dt.datetime,
+    tracking_uid: str,
+    pixels: BinaryIO,
+    chunk_frames: int | None,
+) -> hd.seg.Segmentation:
+    kind = segmentation_type.value.lower()
+    source_uid = source.SOPInstanceUID
+    frame_numbers = [int(p.frame_number) for p in preds]
+    arguments = _segmentation_arguments(source, segmentation_type, algorithm, uids, series_number, when, tracking_uid)
+    binary = segmentation_type == hd.seg.SegmentationTypeValues.BINARY
 
     if is_multiframe(source) and hd.spatial.get_image_coordinate_system(source) is None:
-        _check_highdicom_hooks()
-        header = header_for_highdicom(source)
-        header.NumberOfFrames = 1  # see _SourceFrameSegmentation: passes highdicom's single-frame check
-        with no_patient_data_in_warnings():
-            seg: hd.seg.Segmentation = _SourceFrameSegmentation(
-                source_frame_numbers=frame_numbers, source_images=[header], **arguments
-            )
+        if chunk_frames is None:  # the whole loop in one highdicom call (what the chunks are tested against)
+            array = _mask_stack(preds, threshold) if binary else _heatmap_stack(preds)
+            seg = _source_frame_segmentation(source, frame_numbers, array, arguments)
+            del array
+        else:
+            seg = _build_in_chunks(source, preds, threshold, arguments, pixels, chunk_frames)
         _add_source_frame_dimension(seg, uids)
         if not frames_referenceable(source):
             _drop_frame_numbers_of_single_frame_class(seg)
@@ -255,8 +352,10 @@ def _build_segmentation(
         if is_multiframe(source) and frame_numbers != list(range(1, number_of_frames(source) + 1)):
             # highdicom copies one plane position per source frame; it cannot skip frames of a source with geometry.
             raise InputDataError("a multi-frame source with a Frame of Reference needs a prediction for every frame")
+        array = _mask_stack(preds, threshold) if binary else _heatmap_stack(preds)
         with no_patient_data_in_warnings():
-            seg = hd.seg.Segmentation(source_images=[header_for_highdicom(source)], **arguments)
+            seg = hd.seg.Segmentation(source_images=[header_for_highdicom(source)], pixel_array=array, **arguments)
+        del array
     restore_source_sop_class(seg, source)
 
     if uids.deterministic:
@@ -283,18 +382,22 @@ def write_segmentations(
     algorithm: AlgorithmInfo,
     uids: UIDFactory,
     series_number_start: int = 9001,
+    chunk_frames: int | None = SEG_CHUNK_FRAMES,
 ) -> tuple[Path, Path]:
     """Write the lesion heatmap as a FRACTIONAL SEG and ``heatmap >= threshold`` as a BINARY SEG.
 
     Args:
         source: the full source image (single- or multi-frame ultrasound); only its metadata is used.
         predictions: one prediction per analysed source frame (any subset of the frames), heatmaps in the full frame
-            geometry.
+            geometry (arrays, or array-likes such as :class:`monai_ultraad.heatmap_spool.SpooledHeatmap`: each is read
+            a frame at a time).
         threshold: heatmap value from which a pixel belongs to the lesion mask.
         output_dir: folder to write into (created when missing).
         algorithm: identity of the algorithm, recorded in the segment description.
         uids: UID (and time) source.
         series_number_start: series number of the FRACTIONAL SEG; the BINARY SEG gets the next one.
+        chunk_frames: a cine's SEG frames built at a time (:func:`_build_in_chunks`; a multiple of 16); ``None``:
+            the whole loop in one highdicom call, holding it all in memory (same objects).
 
     Returns:
         ``(fractional_path, binary_path)``, named ``seg_fractional_<SOPInstanceUID>.dcm`` and
@@ -307,37 +410,35 @@ def write_segmentations(
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputDataError(f"threshold must lie in [0, 1], got {threshold}")
     preds = checked_predictions(source, predictions)
-    frame_numbers = [int(p.frame_number) for p in preds]
     when = uids.now()
     tracking_uid = uids.new("lesion-tracking", source.SOPInstanceUID)
+    folder = Path(output_dir).resolve()  # where output_path puts the objects ("a/b/.." is "a": no "b" is made)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    # highdicom takes the whole loop as one array: each array is filled frame by frame (no list of per-frame copies
-    # beside it) and made only when its SEG is built, so the float32 heatmaps and the mask are never held together.
     for offset, kind in enumerate((hd.seg.SegmentationTypeValues.FRACTIONAL, hd.seg.SegmentationTypeValues.BINARY)):
-        array = _heatmap_stack(preds) if offset == 0 else _mask_stack(preds, threshold)
-        seg = _build_segmentation(
-            source,
-            frame_numbers,
-            array,
-            kind,
-            algorithm,
-            uids,
-            series_number_start + offset,
-            when,
-            tracking_uid,
-        )
-        del array
-        path = output_path(output_dir, f"seg_{kind.value.lower()}", seg.SOPInstanceUID)
-        paths.append(write_dataset(seg, path))
-        logger.info("wrote %s SEG with %d frame(s) to %s", kind.value, int(seg.NumberOfFrames), path)
-        del seg  # its encoded frames, before the next SEG is built
+        # A cine's encoded frames go into an unnamed file in the output folder (nothing left behind by a kill); the
+        # object is then serialised straight into its own temporary file and renamed (write_dataset).
+        with tempfile.TemporaryFile(dir=folder) as pixels:
+            seg = _build_segmentation(source, preds, threshold, kind, algorithm, uids, series_number_start + offset,
+                                      when, tracking_uid, pixels, chunk_frames)
+            path = output_path(output_dir, f"seg_{kind.value.lower()}", seg.SOPInstanceUID)
+            paths.append(write_dataset(seg, path))
+            logger.info("wrote %s SEG with %d frame(s) to %s", kind.value, int(seg.NumberOfFrames), path)
+            del seg  # its encoded frames, before the next SEG is built
     return paths[0], paths[1]
+
+
+def _shape(heatmap: Any) -> tuple[int, ...]:
+    return tuple(heatmap.shape) if hasattr(heatmap, "shape") else np.shape(heatmap)  # a spooled one: not read
+
+
+def _clipped(heatmap: Any) -> np.ndarray:
+    return np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
 
 
 def _heatmap_stack(predictions: Sequence[PredictionLike]) -> np.ndarray:
     """(F, rows, cols) float32 heatmaps clipped to [0, 1] (what the FRACTIONAL SEG encodes)."""
-    first = np.asarray(predictions[0].heatmap)
-    heat = np.empty((len(predictions), *first.shape), np.float32)
+    heat = np.empty((len(predictions), *_shape(predictions[0].heatmap)), np.float32)
     for i, p in enumerate(predictions):
         heat[i] = p.heatmap
     return np.clip(heat, 0.0, 1.0, out=heat)
@@ -345,10 +446,9 @@ def _heatmap_stack(predictions: Sequence[PredictionLike]) -> np.ndarray:
 
 def _mask_stack(predictions: Sequence[PredictionLike], threshold: float) -> np.ndarray:
     """(F, rows, cols) uint8 ``heatmap >= threshold``, compared in float32 after clipping (as the SR counts it)."""
-    first = np.asarray(predictions[0].heatmap)
-    mask = np.empty((len(predictions), *first.shape), np.uint8)
+    mask = np.empty((len(predictions), *_shape(predictions[0].heatmap)), np.uint8)
     for i, p in enumerate(predictions):
-        mask[i] = np.clip(np.asarray(p.heatmap, dtype=np.float32), 0.0, 1.0) >= float(threshold)
+        mask[i] = _clipped(p.heatmap) >= float(threshold)
     return mask
 
 
