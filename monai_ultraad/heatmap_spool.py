@@ -24,7 +24,7 @@ import numpy as np
 class SpooledHeatmap:
     """One frame's heatmap in a :class:`HeatmapSpool`: read back (a new, writable array) by ``np.asarray``."""
 
-    __slots__ = ("_spool", "_offset", "shape", "dtype")
+    __slots__ = ("_offset", "_spool", "dtype", "shape")
 
     def __init__(self, spool: HeatmapSpool, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self._spool, self._offset, self.shape, self.dtype = spool, offset, shape, dtype
@@ -40,7 +40,7 @@ class SpooledHeatmap:
     def load(self) -> np.ndarray:
         return self._spool.read(self._offset, self.shape, self.dtype)
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ARG002 - always a fresh array: copy is moot
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
         array = self.load()
         return array if dtype is None else array.astype(dtype, copy=False)
 
@@ -55,7 +55,7 @@ class HeatmapSpool:
     """
 
     def __init__(self, folder: str | os.PathLike[str] | None = None) -> None:
-        self._file = tempfile.TemporaryFile(dir=None if folder is None else Path(folder))
+        self._file = tempfile.TemporaryFile(dir=None if folder is None else Path(folder))  # noqa: SIM115 - held open
         self._size = 0
 
     def put(self, heatmap: np.ndarray) -> SpooledHeatmap:
@@ -91,7 +91,7 @@ class HeatmapSpool:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> HeatmapSpool:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

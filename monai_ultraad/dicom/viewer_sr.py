@@ -53,6 +53,7 @@ from monai_ultraad.dicom.writers.common import (
     truncate_lo,
     write_dataset,
 )
+from monai_ultraad.dicom.writers.encoded_groups import EncodedGroups
 
 __all__ = ["lesion_outline", "write_viewer_report"]
 
@@ -87,8 +88,12 @@ def write_viewer_report(
     algorithm: AlgorithmInfo,
     uids: UIDFactory,
     series_number: int = 9006,
+    encode_groups: bool = True,
 ) -> Path | None:
     """Write the viewer report (see the module docstring); ``None`` when no frame has a lesion to outline.
+
+    ``encode_groups``: as :func:`monai_ultraad.dicom.writers.write_report` (each outlined frame's group is encoded as
+    it is built; ``False``: highdicom builds the report from the whole tree, the same file).
 
     Returns:
         Path of ``sr_viewer_<SOPInstanceUID>.dcm`` inside ``output_dir``.
@@ -97,7 +102,8 @@ def write_viewer_report(
     preds = checked_predictions(source, predictions)
     algorithm_id = algorithm.sr_identification()
     multiframe = is_multiframe(source)
-    groups = []
+    header = header_for_highdicom(source)
+    groups = EncodedGroups(header, source, encode=encode_groups)
     for p in preds:
         frame = int(p.frame_number)
         mask = np.clip(np.asarray(p.heatmap, dtype=np.float32), 0, 1) >= float(threshold)
@@ -122,7 +128,7 @@ def write_viewer_report(
             hd.sr.Measurement(name=concept("ANOMALY-SCORE"), value=float(p.anomaly_score), unit=codes.UCUM.NoUnits,
                               algorithm_id=algorithm_id),
         ]
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        groups.add(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uids.new("viewer-roi-tracking", source.SOPInstanceUID, frame),
                 identifier=truncate_lo(f"UltraAD lesion ({predicted}), frame {frame}"),
@@ -135,7 +141,7 @@ def write_viewer_report(
             measurements=measurements,
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=concept("PRED-CLASS"), value=class_code(predicted))],
         ))
-    if not groups:
+    if not groups.count:
         logger.info("no lesion in any analysed frame: no viewer report")
         return None
     observer = hd.sr.ObserverContext(
@@ -147,13 +153,13 @@ def write_viewer_report(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.SCT.UltrasonographyOfBreast,
-        imaging_measurements=groups,
+        imaging_measurements=groups.for_highdicom,
     )
     when = uids.now()
     description = "UltraAD lesion outline" + (" (RANDOM WEIGHTS)" if algorithm.random_weights else "") + ", for viewers"
     with no_patient_data_in_warnings():
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[header_for_highdicom(source)],
+            evidence=[header],
             content=report,
             series_instance_uid=uids.new("sr-viewer-series", source.SOPInstanceUID),
             series_number=series_number,
@@ -172,7 +178,8 @@ def write_viewer_report(
         )
     restore_source_sop_class(sr, source)  # the evidence names the source's real (possibly retired) class
     stamp_creation_time(sr, when)
+    groups.splice(sr)  # last: every group, encoded
     path = output_path(output_dir, "sr_viewer", sr.SOPInstanceUID)
     write_dataset(sr, path)
-    logger.info("wrote viewer report with %d outlined lesion(s) to %s", len(groups), path)
+    logger.info("wrote viewer report with %d outlined lesion(s) to %s", groups.count, path)
     return path

@@ -46,6 +46,7 @@ from monai_ultraad.dicom.writers.common import (
     truncate_lo,
     write_dataset,
 )
+from monai_ultraad.dicom.writers.encoded_groups import EncodedGroups
 from monai_ultraad.errors import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def write_report(
     series_number: int = 9003,
     pixel_spacing_mm: tuple[float, float] | None = None,
     input_quality: str | None = None,
+    encode_groups: bool = True,
 ) -> Path:
     """Write a Comprehensive 3D SR (TID 1500 Measurement Report) of the predictions.
 
@@ -160,6 +162,9 @@ def write_report(
             themselves cannot carry a spacing (no Frame of Reference).
         input_quality: the input gate's one-line verdict (:meth:`monai_ultraad.quality.InputQuality.summary`),
             written into every group as a TEXT qualitative evaluation "Input quality: ...".
+        encode_groups: encode each frame's group as it is built (:mod:`monai_ultraad.dicom.writers.encoded_groups`:
+            a cine's report then holds 13 kB per frame, not 0.3 MB); ``False``: highdicom builds the report from the
+            whole content tree (the same file).
 
     Returns:
         Path of ``sr_<SOPInstanceUID>.dcm`` inside ``output_dir``.
@@ -181,7 +186,8 @@ def write_report(
     algorithm_id = algorithm.sr_identification()
     no_units = codes.UCUM.NoUnits
     ratio = codes.UCUM.Ratio
-    groups: list[Any] = []
+    header = header_for_highdicom(source)
+    groups = EncodedGroups(header, source, encode=encode_groups)
     for p in preds:
         frame = int(p.frame_number)
         predicted = max(CLASS_NAMES, key=lambda c: float(p.class_probs[c]))
@@ -230,7 +236,7 @@ def write_report(
             group[0].ContentSequence.append(_random_weights_statement())
         if input_quality:
             group[0].ContentSequence.append(_random_weights_statement(f"Input quality: {input_quality}"))
-        groups.append(group)
+        groups.add(group)
 
     if len(preds) > 1:
         best = max(preds, key=lambda p: float(p.anomaly_score))
@@ -256,7 +262,7 @@ def write_report(
         )
         if algorithm.random_weights:
             summary[0].ContentSequence.append(_random_weights_statement())
-        groups.append(summary)
+        groups.add(summary, keep=True)
 
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -270,13 +276,13 @@ def write_report(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.SCT.UltrasonographyOfBreast,
-        imaging_measurements=groups,
+        imaging_measurements=groups.for_highdicom,
     )
     when = uids.now()
     description = "UltraAD measurement report" + (" (RANDOM WEIGHTS)" if algorithm.random_weights else "")
     with no_patient_data_in_warnings():
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[header_for_highdicom(source), binary_seg],
+            evidence=[header, binary_seg],
             content=report,
             series_instance_uid=uids.new("sr-series", source.SOPInstanceUID),
             series_number=series_number,
@@ -298,9 +304,8 @@ def write_report(
         )
     restore_source_sop_class(sr, source)
     stamp_creation_time(sr, when)
+    groups.splice(sr)  # last: every group, encoded
     path = output_path(output_dir, "sr", sr.SOPInstanceUID)
     write_dataset(sr, path)
-    logger.info("wrote TID 1500 report with %d measurement group(s) to %s", len(groups), path)
+    logger.info("wrote TID 1500 report with %d measurement group(s) to %s", groups.count, path)
     return path
-
-
