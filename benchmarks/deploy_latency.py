@@ -3,8 +3,10 @@
 Measures a single-frame ultrasound image and the 65-frame cine loop of ../shared/data/dicom (fo-dicom/DIRW0007.dcm,
 JPEG baseline), in process, stage by stage, as the app's operators do it: frames streamed from the file through
 :class:`monai_ultraad.inference.Predictor` (decode and UltraAD interleave; "decode" is the time spent in the frame
-iterator), float16 heatmaps kept per frame, then SEG + SR, and the overlay from the frames decoded again. Prints a
-table; writes DICOM objects only into a temporary folder.
+iterator), float16 heatmaps spooled to disk per frame (:class:`monai_ultraad.heatmap_spool.HeatmapSpool`, in the
+output folder as the app does), then SEG + SR, and the overlay from the frames decoded again. (The app also writes
+the viewer SEGs and the viewer SR; tests/deploy/test_cine_memory.py holds every step of the app's chain to its memory
+budget.) Prints a table; writes DICOM objects only into a temporary folder.
 
 ``--memory`` instead runs each case in a fresh process and reports its peak resident memory (``ru_maxrss``) and the
 part above the process after model loading: a single image, the 120-frame cine of pydicom-data
@@ -36,6 +38,7 @@ from monai_ultraad import engine
 from monai_ultraad.data import default_data_dir
 from monai_ultraad.dicom.reader import open_ultrasound
 from monai_ultraad.dicom.writers import AlgorithmInfo, UIDFactory, write_overlay, write_report, write_segmentations
+from monai_ultraad.heatmap_spool import HeatmapSpool
 from monai_ultraad.inference import Predictor, analysis_windows
 from monai_ultraad.networks import ClipBackbone, UltraAD
 from monai_ultraad.visualize import iter_overlay_frames
@@ -92,8 +95,9 @@ def run_case(model, path: Path, out: Path, args) -> dict[str, float]:
     times["decode"] += time.perf_counter() - t
     t = time.perf_counter()
     predictor = Predictor(model, 0.5, batch_size=args.batch_size)
-    preds = [p.compact() for p in predictor.predict_frames(timed(image.iter_frames()), image.frame_numbers,
-                                                           path.name, windows)]
+    spool = HeatmapSpool(out)  # as the app: the heatmaps on disk, read back a frame at a time by the writers
+    preds = [spool.spool(p.compact()) for p in predictor.predict_frames(timed(image.iter_frames()),
+                                                                        image.frame_numbers, path.name, windows)]
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     times["UltraAD"] = time.perf_counter() - t - times["decode"]
@@ -103,10 +107,11 @@ def run_case(model, path: Path, out: Path, args) -> dict[str, float]:
     uids = UIDFactory(None)
     t = time.perf_counter()
     _, binary = write_segmentations(source, preds, 0.5, out, algorithm, uids)
-    write_report(source, pydicom.dcmread(binary), preds, 0.5, out, algorithm, uids)
+    write_report(source, pydicom.dcmread(binary, defer_size="64 KB"), preds, 0.5, out, algorithm, uids)
     overlays = iter_overlay_frames(image.iter_frames(), [p.heatmap for p in preds], 0.5)  # as the app: streamed
     write_overlay(source, overlays, out, algorithm, uids, frame_numbers=[p.frame_number for p in preds])
     times["write SEG+SR+SC"] = time.perf_counter() - t
+    spool.close()
     times["total"] = sum(times.values())
     times["frames"] = len(preds)
     return times

@@ -6,11 +6,10 @@ compared. No step may grow by anything proportional to the frame size: the heatm
 (monai_ultraad.heatmap_spool), highdicom builds the SEGs a chunk of frames at a time
 (monai_ultraad.dicom.writers.seg.SEG_CHUNK_FRAMES; N is a whole chunk, so the comparison sees per-frame growth only)
 and the overlay frames are spooled as they are rendered. What may grow is the objects' own per-frame metadata (a SEG
-frame's functional group, a prediction record), budgeted per frame. Holding the loop's heatmaps (2 bytes a pixel), the
-SEG's float32 input or encoded frames, the overlay frames or the decoded frames breaks it. The SR step runs but is not
-traced: tracemalloc makes highdicom's SR construction several times slower, and what it adds per frame is the
-report's own content (one measurement group, about 0.3 MB as highdicom/pydicom objects for 13 kB encoded; measured
-once with tracemalloc).
+frame's functional group, its encoded SR measurement groups, a prediction record), budgeted per frame. Holding the
+loop's heatmaps (2 bytes a pixel), the SEG's float32 input or encoded frames, the overlay frames, the decoded frames or
+the SR's measurement groups as highdicom objects (about 0.3 MB a frame, monai_ultraad.dicom.writers.encoded_groups)
+breaks it.
 """
 
 from __future__ import annotations
@@ -38,6 +37,8 @@ SHORT_LOOP = 16  # = SEG_CHUNK_FRAMES (checked below)
 BUDGETS = {
     "ultraad_inference": (0, 12_000),  # the frame's prediction record (run report); its heatmap is on disk
     "seg_writer": (0, 20_000),  # the frame's functional groups in the two SEGs (and one viewer SEG at a time)
+    "sr_writer": (0, 60_000),  # the frame's encoded group in the two reports (13 kB each, copied once more as the
+    # file is written), and the BINARY SEG's functional group as the report reads it
     "overlay_writer": (0, 10_000),  # nothing: frames are rendered, spooled to disk and dropped one at a time
 }
 
