@@ -64,6 +64,7 @@ class HeatmapSpool:
         offset = self._size
         self._file.seek(offset)
         self._file.write(array.data)  # OSError (disk full) reaches the caller: the source fails with its reason
+        self._file.flush()  # read back with os.preadv, which does not see Python's write buffer
         self._size += array.nbytes
         return SpooledHeatmap(self, offset, tuple(array.shape), array.dtype)
 

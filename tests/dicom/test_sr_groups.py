@@ -17,11 +17,17 @@ import numpy as np
 import pydicom
 import pytest
 
+from monai_ultraad.data import default_data_dir
 from monai_ultraad.dicom.synthetic import wrap_as_ultrasound
 from monai_ultraad.dicom.viewer_sr import write_viewer_report
-from monai_ultraad.dicom.writers import AlgorithmInfo, FramePrediction, UIDFactory, write_report, write_segmentations
-from monai_ultraad.data import default_data_dir
-from monai_ultraad.dicom.writers import encoded_groups
+from monai_ultraad.dicom.writers import (
+    AlgorithmInfo,
+    FramePrediction,
+    UIDFactory,
+    encoded_groups,
+    write_report,
+    write_segmentations,
+)
 
 THRESHOLD = 0.5
 MAX_FRAMES = 4  # of a long real cine: several groups and the summary (the long cine is the synthetic one)
@@ -46,7 +52,7 @@ def _predictions(rows: int, cols: int, frame_numbers: list[int]) -> list[FramePr
 
 
 def _both(source: pydicom.Dataset, preds, folder: Path) -> None:
-    fractional, binary = write_segmentations(source, preds, THRESHOLD, folder / "seg", _algorithm(),
+    _, binary = write_segmentations(source, preds, THRESHOLD, folder / "seg", _algorithm(),
                                              UIDFactory("groups"))
     binary_seg = pydicom.dcmread(binary, defer_size="64 KB")
     files = {}
