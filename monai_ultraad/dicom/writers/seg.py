@@ -24,6 +24,10 @@ Measures only with a Frame of Reference (highdicom's ``segread`` refuses them ot
 region's physical spacing goes into the SR (lesion area) and into the *viewer SEG* of
 :mod:`monai_ultraad.dicom.viewer_seg`, which places the mask in the display geometry Slicer and OHIF use.
 
+A cine's SEG is built by highdicom a chunk of 16 frames at a time (:func:`_build_in_chunks`), its encoded frames
+spooled to a file that becomes buffered Pixel Data: memory holds one chunk, whatever the loop length, and the object
+is byte for byte the one highdicom builds from the whole loop.
+
 Nothing here logs patient or study attributes; only generated UIDs appear in file names and log lines.
 """
 
