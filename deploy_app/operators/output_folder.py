@@ -216,13 +216,16 @@ def write_report_file(root: Path, summary: dict, temp_dir: Path | None = None) -
 
 
 def estimated_output_bytes(rows: int, cols: int, frames: int) -> int:
-    """Upper estimate of a source's objects: overlay (RGB, uncompressed), FRACTIONAL SEG (1 byte), BINARY SEG (1 bit),
-    the viewer SEGs (1 bit, one object with its own header per frame) and their .seg.nrrd (at most 1 byte, before
-    compression), the two SRs and headers."""
+    """Upper estimate of the space a source takes while it is written: its objects - overlay (RGB, uncompressed),
+    FRACTIONAL SEG (1 byte), BINARY SEG (1 bit), the viewer SEGs (1 bit, one object with its own header per frame)
+    and their .seg.nrrd (at most 1 byte, before compression), the two SRs and headers - and the unnamed files its
+    staging holds meanwhile: the float16 heatmaps (2 bytes) and the overlay's spooled frames (3 bytes, while the
+    overlay is written; a SEG's spooled frames, at most 1 byte, are gone by then)."""
     frames = max(int(frames), 1)
     pixels = int(rows) * int(cols) * frames
     per_frame_headers = frames * 68 * 1024  # one viewer SEG (~64 KiB header) and one .seg.nrrd header per frame
-    return pixels * 3 + pixels + pixels // 8 + pixels // 8 + pixels + per_frame_headers + 2 * 1024 * 1024
+    objects = pixels * 3 + pixels + pixels // 8 + pixels // 8 + pixels + per_frame_headers + 2 * 1024 * 1024
+    return objects + pixels * 2 + pixels * 3
 
 
 def _atomic_text(path: Path, text: str) -> None:

@@ -199,9 +199,9 @@ def test_disk_full_during_the_run_leaves_whole_sets_only(data_dir, checkpoint, r
     study.mkdir()
     for i in range(12):
         shutil.copy(data_dir / "dicom" / SINGLE, study / f"img{i:02d}.dcm")
-    # passes the start check (largest source ~3.2 MiB + 8 MiB spare) and holds the objects (~1.3 MB per source) of
-    # about 9 sources, not of all 12
-    out = tmpfs("full", "size=12m")
+    # passes the start check (largest source ~5.1 MiB with its staging files, + 8 MiB spare) and holds the objects
+    # (~1.3 MB per source) of about 10 sources, not of all 12
+    out = tmpfs("full", "size=14m")
     result = run_deploy_app(study, out, checkpoint)
     assert result.returncode in (1, 2), result.stderr[-3000:]
     summary = _summary(result)
