@@ -73,6 +73,10 @@ class EncodedGroups:
     def nbytes(self) -> int:
         return self._buffer.tell()
 
+    @property
+    def encodings(self) -> list[str]:
+        return list(self._encodings)
+
     def content_sequence(self) -> RawDataElement:
         """The Content Sequence holding every encoded item, as pydicom writes it (defined length)."""
         value = self._buffer.getvalue()
@@ -93,6 +97,8 @@ def splice_measurement_groups(sr: Dataset, groups: EncodedGroups) -> None:
     if sr.file_meta.TransferSyntaxUID != ExplicitVRLittleEndian:
         raise ValueError(f"measurement groups are encoded in Explicit VR Little Endian, the SR is in "
                          f"{sr.file_meta.TransferSyntaxUID}")
+    if convert_encodings(sr.get("SpecificCharacterSet") or default_encoding) != groups.encodings:
+        raise ValueError("measurement groups were encoded in another character set than the SR's")
     containers = [
         item for item in sr.ContentSequence
         if item.get("ValueType") == "CONTAINER" and "ConceptNameCodeSequence" in item
