@@ -7,8 +7,8 @@ array-like (``shape``, ``dtype``, ``np.asarray``) that reads its frame back when
 :class:`~monai_ultraad.inference.Prediction`; only its ``heatmap`` is the spooled one, so what a loop keeps in memory
 no longer grows with its length by a heatmap per frame.
 
-The file has no name (:func:`tempfile.TemporaryFile`): closing it, or a kill, leaves nothing behind. It is read with
-``os.pread`` into a fresh array (no memory map), so the pages read do not stay resident in this process.
+The file has no name (:func:`tempfile.TemporaryFile`): closing it, or a kill, leaves nothing behind. A frame is read
+into a fresh array (no memory map), so the pages read do not stay resident in this process.
 """
 
 from __future__ import annotations
@@ -28,14 +28,6 @@ class SpooledHeatmap:
 
     def __init__(self, spool: HeatmapSpool, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self._spool, self._offset, self.shape, self.dtype = spool, offset, shape, dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * self.dtype.itemsize
 
     def load(self) -> np.ndarray:
         return self._spool.read(self._offset, self.shape, self.dtype)
@@ -64,7 +56,6 @@ class HeatmapSpool:
         offset = self._size
         self._file.seek(offset)
         self._file.write(array.data)  # OSError (disk full) reaches the caller: the source fails with its reason
-        self._file.flush()  # read back with os.preadv, which does not see Python's write buffer
         self._size += array.nbytes
         return SpooledHeatmap(self, offset, tuple(array.shape), array.dtype)
 
@@ -76,11 +67,8 @@ class HeatmapSpool:
         if self._file.closed:
             raise ValueError("the heatmap spool is closed")
         out = np.empty(shape, dtype)
-        view = memoryview(out).cast("B")
-        got = os.preadv(self._file.fileno(), [view], offset) if hasattr(os, "preadv") else None
-        if got is None:  # no preadv (not Linux): seek and read
-            self._file.seek(offset)
-            got = self._file.readinto(view)
+        self._file.seek(offset)  # (the buffered file flushes what put() left in its write buffer)
+        got = self._file.readinto(memoryview(out).cast("B"))
         if got != out.nbytes:
             raise OSError(f"heatmap spool: read {got} of {out.nbytes} bytes")
         return out

@@ -70,10 +70,6 @@ class EncodedGroups:
             self.for_highdicom.append(group)
 
     @property
-    def nbytes(self) -> int:
-        return self._buffer.tell()
-
-    @property
     def encodings(self) -> list[str]:
         return list(self._encodings)
 

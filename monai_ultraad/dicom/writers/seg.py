@@ -327,20 +327,18 @@ def _build_segmentation(
     source: Dataset,
     preds: Sequence[PredictionLike],
     threshold: float,
-    segmentation_type: hd.seg.SegmentationTypeValues,
+    arguments: dict[str, Any],
     algorithm: AlgorithmInfo,
     uids: UIDFactory,
-    series_number: int,
     when: _dt.datetime,
-    tracking_uid: str,
     pixels: BinaryIO,
     chunk_frames: int | None,
 ) -> hd.seg.Segmentation:
-    kind = segmentation_type.value.lower()
+    """One of the two SEGs from its highdicom ``arguments`` (:func:`_segmentation_arguments`)."""
+    kind = arguments["segmentation_type"].value.lower()
     source_uid = source.SOPInstanceUID
     frame_numbers = [int(p.frame_number) for p in preds]
-    arguments = _segmentation_arguments(source, segmentation_type, algorithm, uids, series_number, when, tracking_uid)
-    binary = segmentation_type == hd.seg.SegmentationTypeValues.BINARY
+    binary = arguments["segmentation_type"] == hd.seg.SegmentationTypeValues.BINARY
 
     if is_multiframe(source) and hd.spatial.get_image_coordinate_system(source) is None:
         if chunk_frames is None:  # the whole loop in one highdicom call (what the chunks are tested against)
@@ -423,17 +421,14 @@ def write_segmentations(
         # A cine's encoded frames go into an unnamed file in the output folder (nothing left behind by a kill); the
         # object is then serialised straight into its own temporary file and renamed (write_dataset).
         with tempfile.TemporaryFile(dir=folder) as pixels:
-            seg = _build_segmentation(source, preds, threshold, kind, algorithm, uids, series_number_start + offset,
-                                      when, tracking_uid, pixels, chunk_frames)
+            arguments = _segmentation_arguments(source, kind, algorithm, uids, series_number_start + offset, when,
+                                                tracking_uid)
+            seg = _build_segmentation(source, preds, threshold, arguments, algorithm, uids, when, pixels, chunk_frames)
             path = output_path(output_dir, f"seg_{kind.value.lower()}", seg.SOPInstanceUID)
             paths.append(write_dataset(seg, path))
             logger.info("wrote %s SEG with %d frame(s) to %s", kind.value, int(seg.NumberOfFrames), path)
             del seg  # its encoded frames, before the next SEG is built
     return paths[0], paths[1]
-
-
-def _shape(heatmap: Any) -> tuple[int, ...]:
-    return tuple(heatmap.shape) if hasattr(heatmap, "shape") else np.shape(heatmap)  # a spooled one: not read
 
 
 def _clipped(heatmap: Any) -> np.ndarray:
@@ -442,7 +437,7 @@ def _clipped(heatmap: Any) -> np.ndarray:
 
 def _heatmap_stack(predictions: Sequence[PredictionLike]) -> np.ndarray:
     """(F, rows, cols) float32 heatmaps clipped to [0, 1] (what the FRACTIONAL SEG encodes)."""
-    heat = np.empty((len(predictions), *_shape(predictions[0].heatmap)), np.float32)
+    heat = np.empty((len(predictions), *np.shape(predictions[0].heatmap)), np.float32)  # np.shape: a spooled one unread
     for i, p in enumerate(predictions):
         heat[i] = p.heatmap
     return np.clip(heat, 0.0, 1.0, out=heat)
@@ -450,7 +445,7 @@ def _heatmap_stack(predictions: Sequence[PredictionLike]) -> np.ndarray:
 
 def _mask_stack(predictions: Sequence[PredictionLike], threshold: float) -> np.ndarray:
     """(F, rows, cols) uint8 ``heatmap >= threshold``, compared in float32 after clipping (as the SR counts it)."""
-    mask = np.empty((len(predictions), *_shape(predictions[0].heatmap)), np.uint8)
+    mask = np.empty((len(predictions), *np.shape(predictions[0].heatmap)), np.uint8)
     for i, p in enumerate(predictions):
         mask[i] = _clipped(p.heatmap) >= float(threshold)
     return mask
